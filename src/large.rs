@@ -1,0 +1,204 @@
+//! Large and huge blocks: requests too big for a size class.
+//!
+//! *Large* requests (up to `MAX_PAGE_ORDER`, 4 MiB) take a buddy block and
+//! keep only the pages they need, giving the tail back at once (the kernel's
+//! `alloc_pages_exact`), so the waste is under one page. The pages kept are
+//! recorded as the aligned blocks that tile them, each with a head
+//! descriptor in state `Allocated`: freeing hands each block back to the
+//! buddy, which merges them again. The tiling is a function of the first
+//! page and the page count, so `dealloc` recomputes it from the `Layout`.
+//!
+//! *Huge* requests are mapped directly and unmapped on free (`vmalloc`'s
+//! role); `realloc` of them is `mremap`, which moves page tables, not bytes.
+
+use core::ptr::NonNull;
+
+use crate::os::{self, PAGE_SIZE};
+use crate::page::*;
+use crate::page_alloc::{Gfp, PageAllocator};
+
+/// The aligned blocks that tile `[start, end)` (greedy from the left: at each
+/// page the largest block aligned there that fits), as `(pfn, order)`.
+pub(crate) fn tiling(mut start: usize, end: usize) -> impl Iterator<Item = (usize, u32)> {
+    core::iter::from_fn(move || {
+        if start >= end {
+            return None;
+        }
+        let mut order = start.trailing_zeros().min(MAX_PAGE_ORDER);
+        while start + (1 << order) > end {
+            order -= 1;
+        }
+        let item = (start, order);
+        start += 1 << order;
+        Some(item)
+    })
+}
+
+/// Pages needed for `size` bytes, or `None` when that overflows.
+#[inline]
+pub(crate) fn pages_for(size: usize) -> Option<usize> {
+    Some(size.checked_add(PAGE_SIZE - 1)? / PAGE_SIZE)
+}
+
+/// The buddy order that serves `npages` pages aligned to `align`, if any.
+#[inline]
+pub(crate) fn large_order(npages: usize, align: usize) -> Option<u32> {
+    let order = npages.max(1).next_power_of_two().trailing_zeros().max((align / PAGE_SIZE).max(1).trailing_zeros());
+    (order <= MAX_PAGE_ORDER).then_some(order)
+}
+
+/// Marks each block of the tiling of `[start, end)` as an allocated head.
+fn mark_tiling(start: usize, end: usize) {
+    for (pfn, order) in tiling(start, end) {
+        // SAFETY: the caller owns these pages, which lie in a live section.
+        let d = unsafe { pfn_to_desc(pfn) };
+        d.state.set(PageState::Allocated);
+        d.order.set(order as u8);
+        d.migratetype.set(MIGRATE_MOVABLE);
+        d.flags.set(0);
+    }
+}
+
+/// Hands the tiling of `[start, end)` back to the page allocator, each block
+/// marked allocated first, carrying `flags` (zeroed or not).
+fn free_tiling(pages: &PageAllocator, start: usize, end: usize, flags: u8) {
+    for (pfn, order) in tiling(start, end) {
+        // SAFETY: the caller owns these pages, which lie in a live section.
+        let d = unsafe { pfn_to_desc(pfn) };
+        d.state.set(PageState::Allocated);
+        d.order.set(order as u8);
+        d.migratetype.set(MIGRATE_MOVABLE);
+        d.flags.set(flags);
+        pages.free_block(d, order);
+    }
+}
+
+/// Turns the head marks of the tiling of `[start, end)` back into tails.
+fn clear_tiling(start: usize, end: usize) {
+    for (pfn, _) in tiling(start, end) {
+        // SAFETY: the caller owns these pages, which lie in a live section.
+        unsafe { pfn_to_desc(pfn) }.state.set(PageState::Tail);
+    }
+}
+
+/// `alloc_pages_exact`: `npages` pages aligned to `2^order` pages; the tail of
+/// the block is given back. Zeroed if `zero`, clearing only what is not
+/// known to be zero already.
+pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero: bool) -> Option<NonNull<u8>> {
+    let d = pages.alloc_block_keep_flags(Gfp::DEFAULT, order, MIGRATE_MOVABLE)?;
+    let zeroed = d.flags.get() & PG_ZEROED != 0;
+    let start = desc_to_pfn(d);
+    let end = start + npages;
+    d.state.set(PageState::Tail);
+    mark_tiling(start, end);
+    if end < start + (1 << order) {
+        free_tiling(pages, end, start + (1 << order), if zeroed { PG_ZEROED } else { 0 });
+    }
+    let ptr = pfn_to_addr(start);
+    if zero && !zeroed {
+        // SAFETY: the `npages` pages are ours.
+        unsafe { ptr.write_bytes(0, npages * PAGE_SIZE) };
+    }
+    NonNull::new(ptr)
+}
+
+/// Frees what `alloc_large` returned for `npages` pages.
+///
+/// # Safety
+/// `ptr` must come from `alloc_large` with this `npages` (or be resized to
+/// it by `resize_large`) and not be used again.
+pub(crate) unsafe fn free_large(pages: &PageAllocator, ptr: NonNull<u8>, npages: usize) {
+    let start = ptr.as_ptr() as usize >> PAGE_SHIFT;
+    for (pfn, order) in tiling(start, start + npages) {
+        // SAFETY: the blocks of the tiling are live allocated heads.
+        pages.free_block(unsafe { pfn_to_desc(pfn) }, order);
+    }
+}
+
+/// Resizes a large block in place: shrinking gives back the tail; growing
+/// takes the pages after the block if they are all free in the zone.
+/// Returns whether it worked (if not, nothing changed).
+///
+/// # Safety
+/// `ptr` must be a live block from `alloc_large` of `old` pages.
+pub(crate) unsafe fn resize_large(pages: &PageAllocator, ptr: NonNull<u8>, old: usize, new: usize) -> bool {
+    let start = ptr.as_ptr() as usize >> PAGE_SHIFT;
+    if new == old {
+        return true;
+    }
+    if new < old {
+        clear_tiling(start, start + old);
+        mark_tiling(start, start + new);
+        free_tiling(pages, start + new, start + old, 0);
+        return true;
+    }
+    if !pages.zone.lock().take_free_range(start + old, start + new) {
+        return false;
+    }
+    clear_tiling(start, start + old);
+    mark_tiling(start, start + new);
+    true
+}
+
+/// Maps a huge block of `size` bytes aligned to `align`. Fresh mappings are
+/// zero, so `alloc_zeroed` costs nothing more.
+pub(crate) fn alloc_huge(size: usize, align: usize) -> Option<NonNull<u8>> {
+    let len = pages_for(size)? * PAGE_SIZE;
+    os::map_aligned(len, align.max(PAGE_SIZE))
+}
+
+/// Unmaps a huge block.
+///
+/// # Safety
+/// `ptr` must come from `alloc_huge(size, _)` (or `realloc_huge` to `size`)
+/// and not be used again.
+pub(crate) unsafe fn free_huge(ptr: NonNull<u8>, size: usize) {
+    let len = pages_for(size).unwrap_or(0) * PAGE_SIZE;
+    // SAFETY: forwarded from the caller.
+    unsafe { os::unmap(ptr, len) }
+}
+
+/// Grows or shrinks a huge block with `mremap`: no bytes are copied.
+///
+/// # Safety
+/// `ptr` must come from `alloc_huge(old, align)` with `align <= PAGE_SIZE`.
+pub(crate) unsafe fn realloc_huge(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+    let (old_len, new_len) = (pages_for(old)? * PAGE_SIZE, pages_for(new)? * PAGE_SIZE);
+    if old_len == new_len {
+        return Some(ptr);
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { os::remap(ptr, old_len, new_len) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiling_covers_exactly_with_aligned_blocks() {
+        for start in [0usize, 1, 4, 6, 1024, 1536] {
+            for n in 1..=70usize {
+                let mut next = start;
+                for (pfn, order) in tiling(start, start + n) {
+                    assert_eq!(pfn, next);
+                    assert_eq!(pfn % (1 << order), 0);
+                    next += 1 << order;
+                }
+                assert_eq!(next, start + n);
+            }
+        }
+        // 5 pages from an aligned start: 4 + 1; the tail 3 of 8: 1 + 2.
+        assert_eq!(tiling(8, 13).collect::<Vec<_>>(), [(8, 2), (12, 0)]);
+        assert_eq!(tiling(13, 16).collect::<Vec<_>>(), [(13, 0), (14, 1)]);
+    }
+
+    #[test]
+    fn large_orders() {
+        assert_eq!(large_order(1, 8), Some(0));
+        assert_eq!(large_order(5, 4096), Some(3));
+        assert_eq!(large_order(1, 65536), Some(4));
+        assert_eq!(large_order(1024, 4096), Some(10));
+        assert_eq!(large_order(1025, 4096), None);
+    }
+}

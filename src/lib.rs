@@ -1,0 +1,108 @@
+//! pcpalloc: a Rust global allocator built like the Linux kernel's page
+//! allocator: per-CPU page lists (PCP) in front of a locked buddy zone,
+//! refilled and drained in batches, with a small-object layer on top.
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: pcpalloc::PcpAlloc = pcpalloc::PcpAlloc::new();
+//! ```
+//!
+//! Layers, bottom up (one module each): [`os`](crate) talks to the kernel;
+//! `page` holds sections and page descriptors; `zone` is the buddy
+//! allocator; `pcp` the per-CPU page lists; `page_alloc` the page allocator
+//! and the kernel's page API; `stats` the `/proc`-shaped views.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+#![cfg_attr(feature = "nightly", feature(allocator_api))]
+
+mod fmt;
+#[cfg(not(loom))]
+mod global;
+mod large;
+mod os;
+mod page;
+mod page_alloc;
+mod pcp;
+mod slab;
+mod stats;
+mod sync;
+mod trace;
+mod zone;
+
+#[cfg(not(loom))]
+pub use global::{flush_thread_cache, slabinfo, PcpAlloc};
+pub use page::{
+    MigrateType, MAX_PAGE_ORDER, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_TYPES, MIGRATE_UNMOVABLE,
+    NR_PAGE_ORDERS, PAGEBLOCK_ORDER, PAGE_ALLOC_COSTLY_ORDER,
+};
+pub use page_alloc::{Config, Gfp, Page, PageAllocator, MAX_BULK, MAX_CPUS};
+pub use slab::{
+    class_for, class_size, size_to_class, SizeClass, SlabAllocator, SlabClassInfo, ThreadCache, CLASSES, MAX_SMALL,
+    NR_CLASSES,
+};
+pub use stats::SlabInfo;
+pub use stats::{BuddyInfo, PageTypeInfo, VmStat, ZoneInfo, ZONEINFO_CPUS};
+pub use zone::CheckError;
+
+/// The page size: 4 KiB.
+pub const PAGE_SIZE: usize = os::PAGE_SIZE;
+
+/// The process-wide page allocator, shared by the page API and `PcpAlloc`.
+#[cfg(not(loom))]
+pub(crate) static PAGES: PageAllocator =
+    page_alloc::page_allocator_new(Config { on_first_grow: Some(global::register_fork_handlers), ..Config::DEFAULT });
+
+/// `alloc_page`: one page from the process-wide page allocator.
+#[cfg(not(loom))]
+pub fn alloc_page(gfp: Gfp) -> Option<Page> {
+    PAGES.alloc_pages(gfp, 0)
+}
+
+/// `alloc_pages`: a block of `2^order` pages, aligned to its size.
+#[cfg(not(loom))]
+pub fn alloc_pages(gfp: Gfp, order: u32) -> Option<Page> {
+    PAGES.alloc_pages(gfp, order)
+}
+
+/// `alloc_pages_bulk_array`: fills the `None` slots with single pages and
+/// returns how many leading slots are populated.
+#[cfg(not(loom))]
+pub fn alloc_pages_bulk_array(gfp: Gfp, pages: &mut [Option<Page>]) -> usize {
+    PAGES.alloc_pages_bulk_array(gfp, pages)
+}
+
+/// `free_page`: frees a single page.
+#[cfg(not(loom))]
+pub fn free_page(page: Page) {
+    PAGES.free_pages(page, 0)
+}
+
+/// `free_pages`: frees a block allocated with the same order.
+#[cfg(not(loom))]
+pub fn free_pages(page: Page, order: u32) {
+    PAGES.free_pages(page, order)
+}
+
+/// `drain_all_pages`: gives every CPU's cached pages back to the zone.
+#[cfg(not(loom))]
+pub fn drain_all_pages() {
+    PAGES.drain_all_pages()
+}
+
+/// `/proc/buddyinfo` of the process-wide zone.
+#[cfg(not(loom))]
+pub fn buddyinfo() -> BuddyInfo {
+    PAGES.buddyinfo()
+}
+
+/// `/proc/zoneinfo` of the process-wide zone.
+#[cfg(not(loom))]
+pub fn zoneinfo() -> ZoneInfo {
+    PAGES.zoneinfo()
+}
+
+/// `/proc/vmstat` of the process-wide page allocator.
+#[cfg(not(loom))]
+pub fn vmstat() -> VmStat {
+    PAGES.vmstat()
+}

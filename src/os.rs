@@ -1,0 +1,114 @@
+//! The only module that talks to the operating system: address space
+//! (`mmap`, `munmap`, `mremap`, `madvise`), the current CPU and the machine's
+//! size. Everything above works on the addresses this module hands out.
+
+use core::ptr::{self, NonNull};
+
+pub(crate) const PAGE_SIZE: usize = 4096;
+
+/// Maps `size` bytes of fresh, zero-filled, read-write memory whose address is
+/// a multiple of `align` (a power of two, at least a page). The mapping is
+/// `MAP_NORESERVE`: physical memory is committed by the kernel on first touch,
+/// so a large section costs address space, not RAM, and is not refused by the
+/// overcommit heuristic. Returns `None` when the OS refuses.
+pub(crate) fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE && size % PAGE_SIZE == 0);
+    let span = if align > PAGE_SIZE { size.checked_add(align)? } else { size };
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing touches no existing memory.
+    let raw = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return None;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = span - head - size;
+    // SAFETY: both trimmed ranges lie inside the mapping just made and outside
+    // the `size` bytes we keep.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+    }
+    NonNull::new(aligned as *mut u8)
+}
+
+/// Returns a mapping made by [`map_aligned`] (or [`remap`]) to the OS.
+///
+/// # Safety
+/// `ptr..ptr+size` must be exactly a mapping (or a page-aligned part of one)
+/// that this crate made and that nobody uses any more.
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize) {
+    // SAFETY: the caller guarantees the range is ours and unused.
+    unsafe {
+        libc::munmap(ptr.as_ptr().cast(), size);
+    }
+}
+
+/// Grows or shrinks a mapping, moving it if needed, without copying the pages.
+///
+/// # Safety
+/// `ptr..ptr+old` must be a mapping made by this crate; on success it must no
+/// longer be used through `ptr` unless the returned address equals it.
+pub(crate) unsafe fn remap(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
+    // SAFETY: the caller guarantees the range is one of our mappings.
+    let raw = unsafe { libc::mremap(ptr.as_ptr().cast(), old, new, libc::MREMAP_MAYMOVE) };
+    if raw == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(raw.cast())
+    }
+}
+
+/// The CPU this thread is running on now (it may be another one a moment
+/// later: callers rely on the PCP's own lock for correctness, never on
+/// staying put). glibc ≥ 2.35 answers from the rseq area, without a syscall.
+#[inline]
+pub(crate) fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        0
+    } else {
+        cpu as usize
+    }
+}
+
+/// CPUs that may ever run (configured, not just online): CPU ids can be
+/// sparse and go up to this bound.
+pub(crate) fn possible_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    if n < 1 {
+        1
+    } else {
+        n as usize
+    }
+}
+
+/// Writes a message to standard error without allocating.
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    // SAFETY: the buffer is valid for its length.
+    unsafe {
+        libc::write(2, bytes.as_ptr().cast(), bytes.len());
+    }
+}
+
+/// Ends the process at once after a fatal inconsistency. Never unwinds.
+pub(crate) fn abort() -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}

@@ -1,0 +1,776 @@
+//! The small-object layer: size classes, slabs carved from page blocks, a
+//! per-thread cache of free objects per class, and the locked per-class
+//! lists the caches refill from and flush to in batches: the PCP pattern,
+//! one level up (SLUB's per-cpu slab and partial lists are the kernel's
+//! version of it).
+//!
+//! ```text
+//!  ThreadCache (no lock, no atomic)   bins[class]: a list of free objects
+//!        | refill: one batch            ^ flush: one batch
+//!        v                              |
+//!  SlabClass (class lock)   transfer[]: whole batches, moved in O(1)
+//!                           partial:    slabs with free objects
+//!        | new_slab: alloc_block(order, UNMOVABLE)   ^ empty slab: free_block
+//!        v                                           |
+//!  PageAllocator (PCP try-lock, zone lock)
+//! ```
+
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use crossbeam_utils::CachePadded;
+
+use crate::os::PAGE_SIZE;
+use crate::page::*;
+use crate::page_alloc::{Gfp, PageAllocator};
+use crate::sync::{Counter, RawLock};
+
+/// The largest size served by a size class: 16 KiB. Above it a request
+/// takes whole pages, where rounding wastes under one page (at most 20% at
+/// 16 KiB + 1, falling with size); below it page rounding would waste up to
+/// half. jemalloc's small classes stop at 14 KiB for the same reason.
+pub const MAX_SMALL: usize = 16384;
+
+/// 16 classes 8 bytes apart up to 128, then 8 classes per doubling up to
+/// 16 KiB: rounding up wastes less than 12.5% of any request above 64
+/// bytes (a step is an eighth of the doubling's lower bound), and at most 7
+/// bytes below.
+pub const NR_CLASSES: usize = 16 + 7 * 8;
+
+/// The size of class `c`.
+pub const fn class_size(c: usize) -> usize {
+    if c < 16 {
+        (c + 1) * 8
+    } else {
+        let j = c - 16;
+        let k = 7 + j / 8;
+        (1 << k) + ((j % 8) + 1) * (1 << (k - 3))
+    }
+}
+
+/// The smallest class whose size is at least `size` (`1..=MAX_SMALL`).
+#[inline]
+pub const fn size_to_class(size: usize) -> usize {
+    if size <= 128 {
+        (size.saturating_sub(1)) >> 3
+    } else {
+        let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
+        16 + (k - 7) * 8 + ((size - 1 - (1 << k)) >> (k - 3))
+    }
+}
+
+/// The class serving a `size`/`align` request, or `None` if pages must.
+/// Objects of a class sit at multiples of its size from a slab aligned to
+/// the slab's size, so an object is aligned to the lowest set bit of the
+/// class size: the class must be a multiple of `align`.
+#[inline]
+pub const fn class_for(size: usize, align: usize) -> Option<usize> {
+    if align <= 8 {
+        if size > MAX_SMALL {
+            return None;
+        }
+        return Some(size_to_class(size));
+    }
+    if align > PAGE_SIZE {
+        return None;
+    }
+    let rounded = (size + align - 1) & !(align - 1);
+    if rounded > MAX_SMALL {
+        return None;
+    }
+    let mut c = size_to_class(rounded);
+    while class_size(c) % align != 0 {
+        c += 1;
+        if c == NR_CLASSES {
+            return None;
+        }
+    }
+    Some(c)
+}
+
+/// The fixed shape of a size class.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SizeClass {
+    /// Object size in bytes.
+    pub size: u32,
+    /// Order of the page block a slab takes (0..=3).
+    pub slab_order: u8,
+    /// Objects in one slab.
+    pub objs: u16,
+    /// Objects moved by one refill or flush between a thread cache and the
+    /// class's lists (the PCP `batch` one level up).
+    pub batch: u16,
+    /// Most objects a thread cache holds for this class; a free that finds
+    /// the cache full flushes a batch first.
+    pub max_cached: u16,
+}
+
+/// Smallest slab order (≤ 3) whose tail waste is at most an eighth and that
+/// holds at least 8 objects; for big objects that no order gives 8 of, the
+/// largest order with waste at most an eighth (most objects per slab, so
+/// fewer slabs per batch); failing both, the order with the least waste.
+const fn slab_order_for(size: usize) -> u8 {
+    const fn ok(size: usize, o: usize) -> bool {
+        let bytes = PAGE_SIZE << o;
+        bytes >= size && (bytes % size) * 8 <= bytes
+    }
+    let mut o = 0;
+    while o <= 3 {
+        if ok(size, o) && (PAGE_SIZE << o) / size >= 8 {
+            return o as u8;
+        }
+        o += 1;
+    }
+    let mut o = 3;
+    loop {
+        if ok(size, o) {
+            return o as u8;
+        }
+        if o == 0 {
+            break;
+        }
+        o -= 1;
+    }
+    let (mut best, mut best_waste_permille) = (3, usize::MAX);
+    let mut o = 0;
+    while o <= 3 {
+        let bytes = PAGE_SIZE << o;
+        if bytes >= size {
+            let w = (bytes % size) * 1000 / bytes;
+            if w <= best_waste_permille {
+                best = o;
+                best_waste_permille = w;
+            }
+        }
+        o += 1;
+    }
+    best as u8
+}
+
+const fn make_classes() -> [SizeClass; NR_CLASSES] {
+    let mut t = [SizeClass { size: 0, slab_order: 0, objs: 0, batch: 0, max_cached: 0 }; NR_CLASSES];
+    let mut c = 0;
+    while c < NR_CLASSES {
+        let size = class_size(c);
+        let order = slab_order_for(size);
+        // About 16 KiB per batch: 64 objects for the smallest classes, 4 for
+        // the largest; a cache holds four batches, at most 64 KiB per class
+        // (and never below two batches).
+        let batch = clamp(16384 / size, 4, 64);
+        let max = clamp(65536 / size, 2 * batch, 4 * batch);
+        t[c] = SizeClass {
+            size: size as u32,
+            slab_order: order,
+            objs: ((PAGE_SIZE << order) / size) as u16,
+            batch: batch as u16,
+            max_cached: max as u16,
+        };
+        c += 1;
+    }
+    t
+}
+
+const fn clamp(v: usize, lo: usize, hi: usize) -> usize {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// Every size class's shape.
+pub static CLASSES: [SizeClass; NR_CLASSES] = make_classes();
+
+/// Full batches a class keeps for O(1) hand-over between threads.
+const TRANSFER_SLOTS: usize = 16;
+/// Empty slabs a class keeps before giving them back to the page layer
+/// (SLUB's `min_partial`): a class whose live count hovers at a slab
+/// boundary must not allocate and free a slab on every batch.
+const MAX_EMPTY_SLABS: usize = 1;
+
+/// A class's shared state, guarded by its lock.
+///
+/// Invariants:
+/// * every slab of this class with at least one free object is on
+///   `partial`; full slabs are on no list; empty ones (at most
+///   `MAX_EMPTY_SLABS`, counted by `nr_empty`) are on `partial` too;
+/// * a slab's head descriptor has state `Allocated`, migratetype
+///   `UNMOVABLE`, `slab_class` = this class, `slab_inuse` = objects not on
+///   its own free list, and `slab_free` = that free list (linked through the
+///   objects' first word);
+/// * `transfer[..nr_transfer]` each hold exactly `batch` objects linked
+///   through their first word; those objects count as in use in their slabs.
+struct ClassInner {
+    partial: List,
+    nr_slabs: usize,
+    nr_empty: usize,
+    transfer: [*mut u8; TRANSFER_SLOTS],
+    nr_transfer: usize,
+    /// Σ slab_inuse over this class's slabs.
+    inuse: usize,
+}
+
+struct ClassEvents {
+    refill: Counter,
+    flush: Counter,
+    transfer_hit: Counter,
+    slab_alloc: Counter,
+    slab_free: Counter,
+}
+
+/// One size class's lock, lists and counters.
+struct SlabClass {
+    lock: RawLock,
+    inner: UnsafeCell<ClassInner>,
+    ev: ClassEvents,
+}
+
+crate::sync::maybe_const_fn! {
+    fn slab_class_new() -> SlabClass {
+        SlabClass {
+            lock: RawLock::new(),
+            inner: UnsafeCell::new(ClassInner {
+                partial: List::new(),
+                nr_slabs: 0,
+                nr_empty: 0,
+                transfer: [ptr::null_mut(); TRANSFER_SLOTS],
+                nr_transfer: 0,
+                inuse: 0,
+            }),
+            ev: ClassEvents {
+                refill: Counter::new(),
+                flush: Counter::new(),
+                transfer_hit: Counter::new(),
+                slab_alloc: Counter::new(),
+                slab_free: Counter::new(),
+            },
+        }
+    }
+}
+
+/// The slab layer over one page allocator.
+pub struct SlabAllocator<'a> {
+    pages: &'a PageAllocator,
+    classes: [CachePadded<SlabClass>; NR_CLASSES],
+}
+
+// SAFETY: each class's state is reached only under its lock; the page
+// allocator is itself Sync.
+unsafe impl Sync for SlabAllocator<'_> {}
+// SAFETY: nothing is tied to a thread.
+unsafe impl Send for SlabAllocator<'_> {}
+
+#[cfg(not(loom))]
+const fn class_array() -> [CachePadded<SlabClass>; NR_CLASSES] {
+    [const { CachePadded::new(slab_class_new()) }; NR_CLASSES]
+}
+#[cfg(loom)]
+fn class_array() -> [CachePadded<SlabClass>; NR_CLASSES] {
+    core::array::from_fn(|_| CachePadded::new(slab_class_new()))
+}
+
+crate::sync::maybe_const_fn! {
+    pub(crate) fn slab_allocator_new(pages: &PageAllocator) -> SlabAllocator<'_> {
+        SlabAllocator { pages, classes: class_array() }
+    }
+}
+
+/// A class's counters and occupancy, like a line of `/proc/slabinfo`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlabClassInfo {
+    /// Object size.
+    pub objsize: usize,
+    /// Objects out of their slabs: held by the program, a thread cache, or a
+    /// transfer batch (`active_objs`).
+    pub active_objs: usize,
+    /// Objects in all slabs (`num_objs`).
+    pub num_objs: usize,
+    /// Objects per slab.
+    pub objperslab: usize,
+    /// Pages per slab.
+    pub pagesperslab: usize,
+    /// Slabs.
+    pub num_slabs: usize,
+    /// Objects waiting in full transfer batches.
+    pub transfer_objs: usize,
+    /// Thread-cache refills from this class.
+    pub refills: u64,
+    /// Thread-cache flushes into this class.
+    pub flushes: u64,
+    /// Refills served by a whole transfer batch.
+    pub transfer_hits: u64,
+    /// Slabs taken from the page allocator.
+    pub slabs_allocated: u64,
+    /// Empty slabs given back to it.
+    pub slabs_freed: u64,
+}
+
+/// Reads the free-list link stored in a free object.
+///
+/// # Safety
+/// `obj` must be a free object of this layer (its first word is a link).
+#[inline]
+unsafe fn next_of(obj: *mut u8) -> *mut u8 {
+    // SAFETY: free objects are at least 8 bytes, 8-aligned, and hold a link.
+    unsafe { obj.cast::<*mut u8>().read() }
+}
+
+/// Stores the free-list link in a free object.
+///
+/// # Safety
+/// `obj` must be an object of this layer that nobody else uses.
+#[inline]
+unsafe fn set_next(obj: *mut u8, next: *mut u8) {
+    // SAFETY: objects are at least 8 bytes and 8-aligned.
+    unsafe { obj.cast::<*mut u8>().write(next) }
+}
+
+impl<'a> SlabAllocator<'a> {
+    /// A slab layer over `pages`.
+    pub fn new(pages: &'a PageAllocator) -> Self {
+        slab_allocator_new(pages)
+    }
+
+    /// Runs `f` with class `c`'s lock held.
+    #[inline]
+    fn with_class<R>(&self, c: usize, f: impl FnOnce(&mut ClassInner, &SlabClass) -> R) -> R {
+        let class = &*self.classes[c];
+        class.lock.lock();
+        // SAFETY: we hold the class lock until the unlock below, and `f`
+        // cannot reach `inner` another way.
+        let r = f(unsafe { &mut *class.inner.get() }, class);
+        class.lock.unlock();
+        r
+    }
+
+    /// Refills a thread cache: a whole transfer batch if one is waiting
+    /// (O(1)), else `batch` objects gathered from partial slabs, taking new
+    /// slabs from the page allocator as needed. Returns the list and its
+    /// length (0 when memory ran out).
+    fn refill(&self, c: usize) -> (*mut u8, usize) {
+        let batch = CLASSES[c].batch as usize;
+        self.with_class(c, |inner, class| {
+            class.ev.refill.inc();
+            if inner.nr_transfer > 0 {
+                inner.nr_transfer -= 1;
+                class.ev.transfer_hit.inc();
+                return (inner.transfer[inner.nr_transfer], batch);
+            }
+            self.gather(inner, class, c, batch)
+        })
+    }
+
+    /// Takes up to `want` objects from partial slabs (and new ones), linked
+    /// into a list. Called under the class lock.
+    fn gather(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, want: usize) -> (*mut u8, usize) {
+        let (mut head, mut n) = (ptr::null_mut(), 0);
+        while n < want {
+            let slab = match inner.partial.first() {
+                Some(s) => s,
+                None => match self.new_slab(inner, class, c) {
+                    Some(s) => s,
+                    None => break,
+                },
+            };
+            if slab.slab_inuse.get() == 0 {
+                inner.nr_empty -= 1;
+            }
+            let mut free = slab.slab_free.get();
+            let mut taken = 0;
+            while n < want && !free.is_null() {
+                let obj = free;
+                // SAFETY: `obj` is on the slab's free list.
+                free = unsafe { next_of(obj) };
+                // SAFETY: the object is now ours to link into the batch.
+                unsafe { set_next(obj, head) };
+                head = obj;
+                n += 1;
+                taken += 1;
+            }
+            slab.slab_free.set(free);
+            slab.slab_inuse.set(slab.slab_inuse.get() + taken);
+            inner.inuse += taken as usize;
+            if free.is_null() {
+                inner.partial.remove(slab);
+            }
+        }
+        (head, n)
+    }
+
+    /// A new slab for class `c` on the partial list, all objects free.
+    fn new_slab(&self, inner: &mut ClassInner, class: &SlabClass, c: usize) -> Option<&'static PageDesc> {
+        let sc = CLASSES[c];
+        let d = self.pages.alloc_block(Gfp::DEFAULT, sc.slab_order as u32, MIGRATE_UNMOVABLE)?;
+        let base = pfn_to_addr(desc_to_pfn(d));
+        let size = sc.size as usize;
+        // Link the objects in address order, so a batch walks memory forward.
+        let mut free = ptr::null_mut();
+        for i in (0..sc.objs as usize).rev() {
+            // SAFETY: object `i` lies inside the block we were just given.
+            let obj = unsafe { base.add(i * size) };
+            // SAFETY: as above; the block is ours.
+            unsafe { set_next(obj, free) };
+            free = obj;
+        }
+        d.slab_class.set(c as u8);
+        d.slab_inuse.set(0);
+        d.slab_free.set(free);
+        inner.partial.push_front(d);
+        inner.nr_slabs += 1;
+        inner.nr_empty += 1;
+        class.ev.slab_alloc.inc();
+        Some(d)
+    }
+
+    /// Takes a thread cache's batch back: kept whole in a transfer slot if
+    /// one is free (the next refill of any thread takes it in O(1)),
+    /// otherwise each object goes back to its slab.
+    fn flush(&self, c: usize, head: *mut u8, n: usize) {
+        self.with_class(c, |inner, class| {
+            class.ev.flush.inc();
+            if n == CLASSES[c].batch as usize && inner.nr_transfer < TRANSFER_SLOTS {
+                inner.transfer[inner.nr_transfer] = head;
+                inner.nr_transfer += 1;
+            } else {
+                self.release(inner, class, c, head, n);
+            }
+        })
+    }
+
+    /// Puts `n` objects of the list `head` back on their slabs; gives slabs
+    /// that become empty back to the page allocator, beyond the few kept.
+    /// Called under the class lock.
+    fn release(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, mut head: *mut u8, n: usize) {
+        let sc = CLASSES[c];
+        let slab_mask = !((PAGE_SIZE << sc.slab_order) - 1);
+        for _ in 0..n {
+            let obj = head;
+            // SAFETY: `obj` is on the list handed to us.
+            head = unsafe { next_of(obj) };
+            // SAFETY: a slab object lies in a slab block of a live section;
+            // slabs are aligned to their size, so masking finds the head.
+            let slab = unsafe { pfn_to_desc((obj as usize & slab_mask) >> PAGE_SHIFT) };
+            debug_assert_eq!(slab.slab_class.get() as usize, c);
+            let free = slab.slab_free.get();
+            // SAFETY: the object is free now and ours to link.
+            unsafe { set_next(obj, free) };
+            slab.slab_free.set(obj);
+            if free.is_null() {
+                inner.partial.push_front(slab);
+            }
+            let inuse = slab.slab_inuse.get() - 1;
+            slab.slab_inuse.set(inuse);
+            inner.inuse -= 1;
+            if inuse == 0 {
+                inner.partial.remove(slab);
+                if inner.nr_empty < MAX_EMPTY_SLABS {
+                    // Keep it, behind the partly used slabs so those fill first.
+                    inner.nr_empty += 1;
+                    inner.partial.push_back(slab);
+                } else {
+                    inner.nr_slabs -= 1;
+                    slab.slab_free.set(ptr::null_mut());
+                    class.ev.slab_free.inc();
+                    self.pages.free_block(slab, sc.slab_order as u32);
+                }
+            }
+        }
+    }
+
+    /// One object without a thread cache (after the thread's cache is torn
+    /// down). Null when memory ran out.
+    pub(crate) fn alloc_one(&self, c: usize) -> *mut u8 {
+        self.with_class(c, |inner, class| self.gather(inner, class, c, 1).0)
+    }
+
+    /// Frees one object without a thread cache.
+    ///
+    /// # Safety
+    /// `obj` must be a live object of class `c` from this slab layer.
+    pub(crate) unsafe fn free_one(&self, c: usize, obj: *mut u8) {
+        // SAFETY: the caller gives us a live object, now free.
+        unsafe { set_next(obj, ptr::null_mut()) };
+        self.with_class(c, |inner, class| self.release(inner, class, c, obj, 1))
+    }
+
+    /// Gives every transfer batch's objects back to their slabs and every
+    /// empty slab back to the page allocator.
+    pub fn shrink(&self) {
+        for c in 0..NR_CLASSES {
+            self.with_class(c, |inner, class| {
+                while inner.nr_transfer > 0 {
+                    inner.nr_transfer -= 1;
+                    let head = inner.transfer[inner.nr_transfer];
+                    self.release(inner, class, c, head, CLASSES[c].batch as usize);
+                }
+                let order = CLASSES[c].slab_order as u32;
+                while inner.nr_empty > 0 {
+                    let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
+                    debug_assert_eq!(slab.slab_inuse.get(), 0);
+                    inner.nr_empty -= 1;
+                    inner.nr_slabs -= 1;
+                    slab.slab_free.set(ptr::null_mut());
+                    class.ev.slab_free.inc();
+                    self.pages.free_block(slab, order);
+                }
+            });
+        }
+    }
+
+    /// `/proc/slabinfo`'s line for class `c`.
+    pub fn class_info(&self, c: usize) -> SlabClassInfo {
+        let sc = CLASSES[c];
+        self.with_class(c, |inner, class| SlabClassInfo {
+            objsize: sc.size as usize,
+            active_objs: inner.inuse,
+            num_objs: inner.nr_slabs * sc.objs as usize,
+            objperslab: sc.objs as usize,
+            pagesperslab: 1 << sc.slab_order,
+            num_slabs: inner.nr_slabs,
+            transfer_objs: inner.nr_transfer * sc.batch as usize,
+            refills: class.ev.refill.get(),
+            flushes: class.ev.flush.get(),
+            transfer_hits: class.ev.transfer_hit.get(),
+            slabs_allocated: class.ev.slab_alloc.get(),
+            slabs_freed: class.ev.slab_free.get(),
+        })
+    }
+
+    /// Verifies each class's invariants: every partial slab's free list
+    /// length plus its in-use count is its object count, objects on free
+    /// lists lie inside their slab at object boundaries, and the counts add up.
+    pub fn check(&self) -> Result<(), crate::CheckError> {
+        for c in 0..NR_CLASSES {
+            let sc = CLASSES[c];
+            let bytes = PAGE_SIZE << sc.slab_order;
+            let r = self.with_class(c, |inner, _| {
+                let (mut empty, mut free_objs) = (0, 0);
+                for slab in inner.partial.iter() {
+                    let pfn = desc_to_pfn(slab);
+                    let bad = |what| Err(crate::CheckError { what, pfn });
+                    if slab.state.get() != PageState::Allocated
+                        || slab.slab_class.get() as usize != c
+                        || slab.order.get() != sc.slab_order
+                    {
+                        return bad("slab on a partial list with a wrong descriptor");
+                    }
+                    let base = pfn_to_addr(pfn) as usize;
+                    let mut n = 0;
+                    let mut o = slab.slab_free.get();
+                    while !o.is_null() {
+                        let off = (o as usize).wrapping_sub(base);
+                        if off >= bytes || off % sc.size as usize != 0 || n > sc.objs as usize {
+                            return bad("slab free list leaves its slab");
+                        }
+                        n += 1;
+                        // SAFETY: `o` is on this slab's free list.
+                        o = unsafe { next_of(o) };
+                    }
+                    if n == 0 || n + slab.slab_inuse.get() as usize != sc.objs as usize {
+                        return bad("slab free count and in-use count disagree");
+                    }
+                    if slab.slab_inuse.get() == 0 {
+                        empty += 1;
+                    }
+                    free_objs += n;
+                }
+                if empty != inner.nr_empty || empty > MAX_EMPTY_SLABS {
+                    return Err(crate::CheckError { what: "empty slab count wrong", pfn: c });
+                }
+                if inner.inuse + free_objs > inner.nr_slabs * sc.objs as usize {
+                    return Err(crate::CheckError { what: "class object counts do not add up", pfn: c });
+                }
+                Ok(())
+            });
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Takes every class lock (for `fork`), in class order.
+    pub(crate) fn lock_all(&self) {
+        for class in &self.classes {
+            class.lock.lock();
+        }
+    }
+
+    /// Releases what `lock_all` took.
+    pub(crate) fn unlock_all(&self) {
+        for class in self.classes.iter().rev() {
+            class.lock.unlock();
+        }
+    }
+}
+
+/// One free-object list of a thread cache.
+#[derive(Copy, Clone)]
+struct Bin {
+    head: *mut u8,
+    count: u32,
+}
+
+/// A thread's cache of free objects, one list per class. Owned by one
+/// thread, so alloc and free touch no atomic and take no lock while a list
+/// has objects (alloc) or room (free).
+///
+/// Invariant: `bins[c]` is a list of exactly `count` free objects of class
+/// `c` (at most `CLASSES[c].max_cached`), linked through their first word;
+/// each counts as in use in its slab.
+pub struct ThreadCache {
+    bins: [Bin; NR_CLASSES],
+}
+
+impl Default for ThreadCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ThreadCache {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        Self { bins: [Bin { head: ptr::null_mut(), count: 0 }; NR_CLASSES] }
+    }
+
+    /// Objects cached for class `c`.
+    pub fn cached(&self, c: usize) -> usize {
+        self.bins[c].count as usize
+    }
+
+    /// An object of class `c`: the fast path pops the cache's list.
+    #[inline(always)]
+    pub fn alloc(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
+        let bin = &mut self.bins[c];
+        let obj = bin.head;
+        if !obj.is_null() {
+            // SAFETY: `obj` heads this bin's list of free objects.
+            bin.head = unsafe { next_of(obj) };
+            bin.count -= 1;
+            return obj;
+        }
+        self.refill(slabs, c)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
+        let (head, n) = slabs.refill(c);
+        if n == 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: `head` is the first of `n` free objects handed to us.
+        let rest = unsafe { next_of(head) };
+        self.bins[c] = Bin { head: rest, count: n as u32 - 1 };
+        head
+    }
+
+    /// Frees an object of class `c`: the fast path pushes it on the list.
+    ///
+    /// # Safety
+    /// `obj` must be a live object of class `c` from `slabs`, not used again.
+    #[inline(always)]
+    pub unsafe fn free(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
+        let bin = &mut self.bins[c];
+        if bin.count >= CLASSES[c].max_cached as u32 {
+            self.flush(slabs, c);
+        }
+        let bin = &mut self.bins[c];
+        // SAFETY: the object is free now and ours to link.
+        unsafe { set_next(obj, bin.head) };
+        bin.head = obj;
+        bin.count += 1;
+    }
+
+    /// Hands one batch of class `c` back to the slab layer.
+    #[cold]
+    #[inline(never)]
+    fn flush(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
+        let n = (CLASSES[c].batch as u32).min(self.bins[c].count);
+        let bin = &mut self.bins[c];
+        let head = bin.head;
+        let mut last = head;
+        for _ in 1..n {
+            // SAFETY: the bin holds at least `n` objects.
+            last = unsafe { next_of(last) };
+        }
+        // SAFETY: `last` is the n-th object of the list.
+        bin.head = unsafe { next_of(last) };
+        bin.count -= n;
+        // SAFETY: `last` is ours; cut the batch off the rest of the list.
+        unsafe { set_next(last, ptr::null_mut()) };
+        slabs.flush(c, head, n as usize);
+    }
+
+    /// Gives every cached object back (thread exit, `trim`).
+    pub fn flush_all(&mut self, slabs: &SlabAllocator<'_>) {
+        for c in 0..NR_CLASSES {
+            let bin = self.bins[c];
+            if bin.count > 0 {
+                self.bins[c] = Bin { head: ptr::null_mut(), count: 0 };
+                slabs.with_class(c, |inner, class| slabs.release(inner, class, c, bin.head, bin.count as usize));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_size_maps_to_the_smallest_class_that_fits() {
+        for size in 1..=MAX_SMALL {
+            let c = size_to_class(size);
+            assert!(class_size(c) >= size, "size {size} class {c}");
+            if c > 0 {
+                assert!(class_size(c - 1) < size, "size {size} could use class {}", c - 1);
+            }
+            if size > 64 {
+                let waste = class_size(c) - size;
+                assert!(waste * 8 < size, "size {size} wastes {waste} in class {}", class_size(c));
+            }
+        }
+        assert_eq!(class_size(NR_CLASSES - 1), MAX_SMALL);
+        assert_eq!(class_for(MAX_SMALL + 1, 8), None);
+    }
+
+    #[test]
+    fn aligned_requests_get_aligned_classes() {
+        for align in [16usize, 32, 64, 128, 256, 512, 1024, 2048, 4096] {
+            for size in (1..=MAX_SMALL).step_by(7) {
+                match class_for(size, align) {
+                    Some(c) => {
+                        let s = class_size(c);
+                        assert!(s >= size && s % align == 0, "size {size} align {align} -> {s}");
+                        // Smallest such class.
+                        for smaller in 0..c {
+                            let t = class_size(smaller);
+                            assert!(!(t >= size && t % align == 0), "size {size} align {align}: {t} fits too");
+                        }
+                    }
+                    None => assert!(size.next_multiple_of(align) > MAX_SMALL),
+                }
+            }
+        }
+        assert_eq!(class_for(8, 8192), None);
+    }
+
+    #[test]
+    fn class_shapes_are_sane() {
+        for (c, sc) in CLASSES.iter().enumerate() {
+            assert!(sc.slab_order <= 3, "class {c}");
+            assert!(sc.objs >= 2, "class {c} has {} objects per slab", sc.objs);
+            if sc.size <= 2048 {
+                assert!(sc.objs >= 8, "class {c} has {} objects per slab", sc.objs);
+            }
+            assert!(sc.batch >= 4 && sc.max_cached >= 2 * sc.batch);
+            let bytes = PAGE_SIZE << sc.slab_order;
+            // Tail waste of a slab: at most a fifth up to 8 KiB; the few classes
+            // above, with two or three objects in an order-3 slab, up to a third.
+            let limit = if sc.size <= 8192 { 5 } else { 3 };
+            assert!((bytes % sc.size as usize) * limit <= bytes, "class {c} ({}) wastes too much of its slab", sc.size);
+        }
+    }
+}

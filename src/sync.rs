@@ -1,0 +1,173 @@
+//! The one place `src` takes its atomics, locks and spin hints from.
+//!
+//! Normally these are `core`'s atomics and a futex lock; under `--cfg loom`
+//! they are loom's, so that `loom-tests/` can model-check every interleaving
+//! of the code that runs under the PCP try-lock, the zone lock and the slab
+//! layer's locks. Nothing else in the crate writes `#[cfg(loom)]`.
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+/// A hint that this thread is spinning on a lock another thread holds.
+#[inline]
+pub(crate) fn spin_hint() {
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+    #[cfg(loom)]
+    loom::thread::yield_now();
+}
+
+const UNLOCKED: u32 = 0;
+const LOCKED: u32 = 1;
+/// Locked, and at least one thread may be sleeping in `futex_wait`.
+const CONTENDED: u32 = 2;
+
+/// A lock without a guard, so that a `pthread_atfork` handler can take it in
+/// `prepare` and release it in `parent`/`child`, and so that a PCP can be
+/// taken with `try_lock` on the fast path exactly as the kernel's
+/// `pcp_spin_trylock`.
+///
+/// It spins briefly, then sleeps on a futex: a holder that is descheduled
+/// (which userspace cannot forbid, unlike the kernel with preemption
+/// disabled) must not make waiters burn a whole timeslice. It never
+/// allocates and is `const`-constructible.
+///
+/// Invariant: `state` is `UNLOCKED`, `LOCKED` or `CONTENDED`; only the holder
+/// stores `UNLOCKED`.
+pub(crate) struct RawLock {
+    state: AtomicU32,
+}
+
+impl RawLock {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Self { state: AtomicU32::new(UNLOCKED) }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self { state: AtomicU32::new(UNLOCKED) }
+    }
+
+    /// Takes the lock if it is free; never waits.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Takes the lock, waiting as long as it takes.
+    #[inline]
+    pub(crate) fn lock(&self) {
+        if !self.try_lock() {
+            self.lock_contended();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        // Spin a little first: zone-lock hold times are a list splice or a
+        // batch of `batch` blocks, far shorter than a sleep and wake-up.
+        for _ in 0..100 {
+            if self.state.load(Ordering::Relaxed) == UNLOCKED && self.try_lock() {
+                return;
+            }
+            spin_hint();
+        }
+        // Drepper's "futexes are tricky" mutex, take 3: once we mark the lock
+        // contended, the unlocker knows to wake someone.
+        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
+            futex_wait(&self.state, CONTENDED);
+        }
+    }
+
+    /// Releases the lock.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+            futex_wake(&self.state);
+        }
+    }
+
+    /// Whether some thread holds the lock (for assertions and `check()`).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != UNLOCKED
+    }
+}
+
+#[cfg(not(loom))]
+fn futex_wait(state: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT reads the u32 at `state`, which lives as long as the
+    // lock; it returns at once if the value is no longer `expected`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+#[cfg(not(loom))]
+fn futex_wake(state: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(libc::SYS_futex, state.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+    }
+}
+
+// Under loom a sleeping waiter is modelled as a yielding one: loom explores the
+// interleavings, the futex only saves CPU time.
+#[cfg(loom)]
+fn futex_wait(_state: &AtomicU32, _expected: u32) {
+    loom::thread::yield_now();
+}
+#[cfg(loom)]
+fn futex_wake(_state: &AtomicU32) {}
+
+/// Defines a function that is `const` normally and plain under loom, whose
+/// atomics cannot be built in a const context.
+macro_rules! maybe_const_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        #[cfg(not(loom))]
+        $(#[$m])* $vis const fn $name($($arg: $ty),*) -> $ret $body
+        #[cfg(loom)]
+        $(#[$m])* $vis fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+pub(crate) use maybe_const_fn;
+
+/// An event counter that is written only under the lock that guards the
+/// event (so a plain load and store cannot lose an update) and read without
+/// it. It is a `core` atomic even under loom: counters are bookkeeping, not
+/// part of the protocol loom checks, and reading them must not be a data race.
+pub(crate) struct Counter(core::sync::atomic::AtomicU64);
+
+impl Counter {
+    pub(crate) const fn new() -> Self {
+        Self(core::sync::atomic::AtomicU64::new(0))
+    }
+    /// Adds one. The caller holds the lock that guards this counter.
+    #[inline]
+    pub(crate) fn inc(&self) {
+        self.add(1)
+    }
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Adds one from any thread, without a lock (rare events only: this is a
+    /// locked read-modify-write).
+    #[inline]
+    pub(crate) fn inc_shared(&self) {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,533 @@
+//! The zone: a buddy allocator over the sections, behind `zone->lock`.
+//!
+//! Every function on [`ZoneInner`] runs with the zone lock held; the only
+//! way to reach a `ZoneInner` is [`Zone::lock`], whose guard releases it.
+
+use core::cell::UnsafeCell;
+use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
+
+use crate::page::*;
+use crate::stats::{Counter, ZoneEvents};
+use crate::sync::RawLock;
+
+/// Most sections one zone can hold: 4096 × 1 GiB = 4 TiB of address space.
+pub(crate) const MAX_SECTIONS: usize = 4096;
+
+/// One `free_area[order]`: a free list per migratetype and the count of
+/// free blocks of this order over all of them.
+pub(crate) struct FreeArea {
+    pub(crate) free_list: [List; MIGRATE_TYPES],
+    pub(crate) nr_free: usize,
+}
+
+/// The zone's state, guarded by the zone lock.
+///
+/// Invariants (checked by [`ZoneInner::check`]):
+/// * every block on `free_area[o].free_list[mt]` has a head descriptor in
+///   state `Buddy` with order `o` and migratetype `mt`, is aligned to `2^o`
+///   pages and lies wholly inside the usable pages of one section;
+/// * `free_area[o].nr_free` is the length of its lists together, and
+///   `free_pages` is `Σ nr_free[o] << o`;
+/// * free blocks never overlap each other or a block handed out, and no two
+///   free buddies of the same order below `MAX_PAGE_ORDER` are left unmerged;
+/// * `sections[..nr_sections]` are the sections added by `grow`, in order.
+pub(crate) struct ZoneInner {
+    pub(crate) free_area: [FreeArea; NR_PAGE_ORDERS],
+    pub(crate) free_pages: usize,
+    /// Pages of all sections handed to the buddy allocator.
+    pub(crate) managed_pages: usize,
+    pub(crate) sections: [*const Section; MAX_SECTIONS],
+    pub(crate) nr_sections: usize,
+    pub(crate) ev: ZoneEvents,
+}
+
+/// The zone: its lock and the state the lock guards.
+pub(crate) struct Zone {
+    pub(crate) lock: RawLock,
+    inner: UnsafeCell<ZoneInner>,
+    /// Zone-lock acquisitions; counted outside the lock so it can count them.
+    pub(crate) lock_count: Counter,
+}
+
+// SAFETY: `inner` is only reached through `Zone::lock`, which serialises
+// access; the raw pointers inside point into sections that live forever.
+unsafe impl Sync for Zone {}
+// SAFETY: as above; nothing in the zone is tied to a thread.
+unsafe impl Send for Zone {}
+
+/// Proof that the zone lock is held; releases it on drop.
+pub(crate) struct ZoneGuard<'a> {
+    zone: &'a Zone,
+}
+
+impl Deref for ZoneGuard<'_> {
+    type Target = ZoneInner;
+    fn deref(&self) -> &ZoneInner {
+        // SAFETY: the guard exists only while the lock is held.
+        unsafe { &*self.zone.inner.get() }
+    }
+}
+
+impl DerefMut for ZoneGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ZoneInner {
+        // SAFETY: the guard exists only while the lock is held, and it is
+        // borrowed mutably, so this is the only reference.
+        unsafe { &mut *self.zone.inner.get() }
+    }
+}
+
+impl Drop for ZoneGuard<'_> {
+    fn drop(&mut self) {
+        self.zone.lock.unlock();
+    }
+}
+
+crate::sync::maybe_const_fn! {
+    pub(crate) fn zone_new() -> Zone {
+        Zone {
+            lock: RawLock::new(),
+            inner: UnsafeCell::new(ZoneInner {
+                free_area: [const { FreeArea { free_list: [const { List::new() }; MIGRATE_TYPES], nr_free: 0 } };
+                    NR_PAGE_ORDERS],
+                free_pages: 0,
+                managed_pages: 0,
+                sections: [core::ptr::null(); MAX_SECTIONS],
+                nr_sections: 0,
+                ev: ZoneEvents::new(),
+            }),
+            lock_count: Counter::new(),
+        }
+    }
+}
+
+impl Zone {
+    /// Takes `zone->lock`.
+    #[inline]
+    pub(crate) fn lock(&self) -> ZoneGuard<'_> {
+        self.lock.lock();
+        self.lock_count.inc();
+        ZoneGuard { zone: self }
+    }
+
+    /// Reads the zone without its lock, for statistics only: the values may
+    /// be torn between fields but each is a plain word read.
+    ///
+    /// # Safety
+    /// The caller must hold the zone lock, or accept racy values and only
+    /// read plain integer fields.
+    pub(crate) unsafe fn inner_unlocked(&self) -> &ZoneInner {
+        // SAFETY: forwarded.
+        unsafe { &*self.inner.get() }
+    }
+}
+
+/// Fallback order when a migratetype's lists are empty (`fallbacks[]`).
+const FALLBACKS: [[MigrateType; 2]; MIGRATE_TYPES] = [
+    [MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE],   // UNMOVABLE
+    [MIGRATE_RECLAIMABLE, MIGRATE_UNMOVABLE], // MOVABLE
+    [MIGRATE_UNMOVABLE, MIGRATE_MOVABLE],     // RECLAIMABLE
+];
+
+/// What an invariant check found wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckError {
+    /// The invariant that does not hold.
+    pub what: &'static str,
+    /// The page frame number where it was found (0 when not about one page).
+    pub pfn: usize,
+}
+
+impl ZoneInner {
+    #[inline]
+    fn add_to_free_list(&mut self, d: &PageDesc, order: u32, mt: MigrateType, tail: bool) {
+        d.state.set(PageState::Buddy);
+        d.order.set(order as u8);
+        d.migratetype.set(mt);
+        let area = &mut self.free_area[order as usize];
+        if tail {
+            area.free_list[mt as usize].push_back(d);
+        } else {
+            area.free_list[mt as usize].push_front(d);
+        }
+        area.nr_free += 1;
+        self.free_pages += 1 << order;
+    }
+
+    #[inline]
+    fn del_from_free_list(&mut self, d: &PageDesc) {
+        let order = d.order.get() as usize;
+        let area = &mut self.free_area[order];
+        area.free_list[d.migratetype.get() as usize].remove(d);
+        area.nr_free -= 1;
+        self.free_pages -= 1 << order;
+        d.state.set(PageState::Tail);
+    }
+
+    /// The first block on `free_area[order].free_list[mt]`.
+    #[inline]
+    fn get_page_from_free_area(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        self.free_area[order as usize].free_list[mt as usize].first()
+    }
+
+    /// Splits a block of order `high` down to order `low`, putting each upper
+    /// half on the free list of its order; the caller keeps the lowest
+    /// `2^low` pages.
+    fn expand(&mut self, d: &PageDesc, low: u32, mut high: u32, mt: MigrateType) {
+        let pfn = desc_to_pfn(d);
+        let zeroed = d.flags.get() & PG_ZEROED;
+        while high > low {
+            high -= 1;
+            // SAFETY: the upper half lies inside the block being split, which
+            // is inside a live section.
+            let half = unsafe { pfn_to_desc(pfn + (1 << high)) };
+            half.flags.set(zeroed);
+            self.add_to_free_list(half, high, mt, false);
+        }
+    }
+
+    /// Takes the smallest free block of at least `order` from `mt`'s lists.
+    fn rmqueue_smallest(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        for o in order..=MAX_PAGE_ORDER {
+            if let Some(d) = self.get_page_from_free_area(o, mt) {
+                self.del_from_free_list(d);
+                self.expand(d, order, o, mt);
+                d.order.set(order as u8);
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Moves every free block inside the pageblock of `pfn` to `mt`'s lists
+    /// and returns how many free pages the pageblock has
+    /// (`move_freepages_block`).
+    fn move_freepages_block(&mut self, sec: &Section, pfn: usize, mt: MigrateType) -> usize {
+        let start = pfn & !((1 << PAGEBLOCK_ORDER) - 1);
+        let end = start + (1 << PAGEBLOCK_ORDER);
+        let mut p = start;
+        let mut moved = 0;
+        while p < end {
+            let d = sec.desc_at(p - sec.base_pfn());
+            if d.state.get() == PageState::Buddy {
+                let order = d.order.get() as u32;
+                if d.migratetype.get() != mt {
+                    let zeroed = d.flags.get();
+                    self.del_from_free_list(d);
+                    d.flags.set(zeroed);
+                    self.add_to_free_list(d, order, mt, false);
+                }
+                moved += 1 << order;
+                p += 1 << order;
+            } else {
+                p += 1;
+            }
+        }
+        moved
+    }
+
+    /// Steals from another migratetype when `mt`'s lists are empty
+    /// (`__rmqueue_fallback`): search the fallback types from the largest
+    /// order down, so that mixing types costs one big block, and claim the
+    /// whole pageblock for `mt` when the block is big or most of the
+    /// pageblock is free, so later allocations of `mt` group there too.
+    fn rmqueue_fallback(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        for o in (order..=MAX_PAGE_ORDER).rev() {
+            for &fmt in &FALLBACKS[mt as usize] {
+                let Some(d) = self.get_page_from_free_area(o, fmt) else { continue };
+                let pfn = desc_to_pfn(d);
+                // SAFETY: `d` is a free block inside a live section.
+                let sec = unsafe { section_of(pfn << PAGE_SHIFT) };
+                self.ev.fallback.inc();
+                crate::trace::extfrag(order, mt, o, fmt);
+                if o >= PAGEBLOCK_ORDER {
+                    // The block spans whole pageblocks: claim them all.
+                    let zeroed = d.flags.get();
+                    self.del_from_free_list(d);
+                    let mut pb = pfn;
+                    while pb < pfn + (1 << o) {
+                        sec.set_pageblock_migratetype(pb, mt);
+                        pb += 1 << PAGEBLOCK_ORDER;
+                    }
+                    d.flags.set(zeroed);
+                    self.add_to_free_list(d, o, mt, false);
+                } else if o >= PAGEBLOCK_ORDER / 2 || mt == MIGRATE_UNMOVABLE {
+                    let free = self.move_freepages_block(sec, pfn, mt);
+                    if free >= (1 << (PAGEBLOCK_ORDER - 1)) {
+                        sec.set_pageblock_migratetype(pfn, mt);
+                    }
+                } else {
+                    // Too small to claim: steal just this block.
+                    return self.rmqueue_smallest(order, fmt);
+                }
+                return self.rmqueue_smallest(order, mt);
+            }
+        }
+        None
+    }
+
+    /// `__rmqueue`: the requested migratetype first, then a fallback.
+    #[inline]
+    pub(crate) fn rmqueue(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        crate::trace::event(crate::trace::Fn::Rmqueue, order, mt);
+        if let Some(d) = self.rmqueue_smallest(order, mt) {
+            return Some(d);
+        }
+        self.rmqueue_fallback(order, mt)
+    }
+
+    /// `rmqueue_bulk`: takes up to `count` blocks of `order` onto the tail of
+    /// `list`, all under the one hold of the lock the caller has, and marks
+    /// them as PCP blocks. Returns how many it took.
+    pub(crate) fn rmqueue_bulk(&mut self, order: u32, count: usize, mt: MigrateType, list: &mut List) -> usize {
+        let mut taken = 0;
+        while taken < count {
+            let Some(d) = self.rmqueue(order, mt) else { break };
+            d.state.set(PageState::Pcp);
+            d.migratetype.set(mt);
+            list.push_back(d);
+            taken += 1;
+        }
+        self.ev.pcp_refill.inc();
+        crate::trace::bulk(crate::trace::Fn::RmqueueBulk, order, mt, taken);
+        taken
+    }
+
+    /// `__free_one_page`: puts a block back, merging it with its buddy (found
+    /// by XOR of the frame number) for as long as the buddy is free and of the
+    /// same order.
+    pub(crate) fn free_one_page(&mut self, d: &'static PageDesc, mut order: u32) {
+        let mut pfn = desc_to_pfn(d);
+        // SAFETY: `d` is the head of a block inside a live section.
+        let sec = unsafe { section_of(pfn << PAGE_SHIFT) };
+        let mt = sec.pageblock_migratetype(pfn);
+        let mut zeroed = d.flags.get() & PG_ZEROED;
+        d.state.set(PageState::Tail);
+        crate::trace::event(crate::trace::Fn::FreeOnePage, order, mt);
+        while order < MAX_PAGE_ORDER {
+            let buddy_pfn = pfn ^ (1 << order);
+            // Descriptors past the usable pages and of the metadata pages are
+            // never `Buddy`, so the check below also keeps merges inside the
+            // section's usable range.
+            let buddy = sec.desc_at(buddy_pfn - sec.base_pfn());
+            if buddy.state.get() != PageState::Buddy || buddy.order.get() as u32 != order {
+                break;
+            }
+            zeroed &= buddy.flags.get();
+            self.del_from_free_list(buddy);
+            if order >= PAGEBLOCK_ORDER {
+                // Merging whole pageblocks: the merged block is one type.
+                let mut pb = buddy_pfn;
+                while pb < buddy_pfn + (1 << order) {
+                    sec.set_pageblock_migratetype(pb, mt);
+                    pb += 1 << PAGEBLOCK_ORDER;
+                }
+            }
+            pfn &= buddy_pfn;
+            order += 1;
+            crate::trace::event(crate::trace::Fn::MergeBuddy, order, mt);
+        }
+        let head = sec.desc_at(pfn - sec.base_pfn());
+        head.flags.set(zeroed);
+        // `buddy_merge_likely`: if the next-higher buddy is free, this block
+        // is likely to merge soon; put it at the tail so it is not handed out
+        // first.
+        let to_tail = order < MAX_PAGE_ORDER - 1 && {
+            let higher = (pfn & !(1 << order)) ^ (1 << (order + 1));
+            let hd = sec.desc_at(higher - sec.base_pfn());
+            hd.state.get() == PageState::Buddy && hd.order.get() as u32 == order + 1
+        };
+        self.add_to_free_list(head, order, mt, to_tail);
+    }
+
+    /// Hands the usable pages of a new section to the buddy allocator as the
+    /// largest aligned blocks, at the tails of the lists so that memory that
+    /// is already resident is reused first (`FPI_TO_TAIL`).
+    pub(crate) fn add_section(&mut self, sec: &'static Section) {
+        self.sections[self.nr_sections] = sec;
+        self.nr_sections += 1;
+        let base = sec.base_pfn();
+        let (start, end) = (base + sec.first_pfn_offset, base + sec.nr_pages);
+        self.add_range(sec, start, end, PG_ZEROED, true);
+        self.managed_pages += end - start;
+    }
+
+    /// Puts `[start, end)` on the free lists as maximal aligned blocks without
+    /// merging (the caller knows none of them has a free buddy outside).
+    fn add_range(&mut self, sec: &Section, mut start: usize, end: usize, flags: u8, tail: bool) {
+        while start < end {
+            let mut order = (start.trailing_zeros()).min(MAX_PAGE_ORDER);
+            while start + (1 << order) > end {
+                order -= 1;
+            }
+            let d = sec.desc_at(start - sec.base_pfn());
+            d.flags.set(flags);
+            let mt = sec.pageblock_migratetype(start);
+            self.add_to_free_list(d, order, mt, tail);
+            start += 1 << order;
+        }
+    }
+
+    /// Takes the pages `[start, end)` out of the free lists if every one of
+    /// them is free, splitting the free blocks at the range's edges and
+    /// leaving what lies outside it free. Used to grow a block in place.
+    /// Returns whether the range was taken (nothing changes if not).
+    pub(crate) fn take_free_range(&mut self, start: usize, end: usize) -> bool {
+        // SAFETY: `start` is the page after a live block, inside its section
+        // (callers check `end` against the section's usable pages).
+        let sec = unsafe { section_of(start << PAGE_SHIFT) };
+        let base = sec.base_pfn();
+        if end > base + sec.nr_pages || start < base + sec.first_pfn_offset {
+            return false;
+        }
+        let containing = |p: usize| -> Option<(usize, u32)> {
+            (0..=MAX_PAGE_ORDER).find_map(|o| {
+                let h = p & !((1 << o) - 1);
+                let d = sec.desc_at(h - base);
+                (d.state.get() == PageState::Buddy && d.order.get() as u32 == o && h >= base).then_some((h, o))
+            })
+        };
+        let mut p = start;
+        while p < end {
+            match containing(p) {
+                Some((h, o)) => p = h + (1 << o),
+                None => return false,
+            }
+        }
+        let mut p = start;
+        while p < end {
+            let (h, o) = containing(p).expect("checked above");
+            let d = sec.desc_at(h - base);
+            let flags = d.flags.get();
+            let mt = d.migratetype.get();
+            self.del_from_free_list(d);
+            let block_end = h + (1 << o);
+            if h < start {
+                self.add_range_mt(sec, h, start, flags, mt);
+            }
+            if block_end > end {
+                self.add_range_mt(sec, end, block_end, flags, mt);
+            }
+            p = block_end;
+        }
+        true
+    }
+
+    fn add_range_mt(&mut self, sec: &Section, mut start: usize, end: usize, flags: u8, mt: MigrateType) {
+        while start < end {
+            let mut order = start.trailing_zeros().min(MAX_PAGE_ORDER);
+            while start + (1 << order) > end {
+                order -= 1;
+            }
+            let d = sec.desc_at(start - sec.base_pfn());
+            d.flags.set(flags);
+            self.add_to_free_list(d, order, mt, false);
+            start += 1 << order;
+        }
+    }
+
+    /// Verifies every invariant listed on [`ZoneInner`], by walking the free
+    /// lists and then every section's pages block by block. Blocks on PCP
+    /// lists and handed out must have head descriptors; a page that no block
+    /// head covers is reported as lost.
+    pub(crate) fn check(&self) -> Result<(), CheckError> {
+        let mut pages = 0;
+        for (o, area) in self.free_area.iter().enumerate() {
+            let mut n = 0;
+            for (mt, list) in area.free_list.iter().enumerate() {
+                let mut prev: *const PageDesc = core::ptr::null();
+                for d in list.iter() {
+                    let pfn = desc_to_pfn(d);
+                    if d.prev.get() as *const PageDesc != prev {
+                        return Err(CheckError { what: "free list back link broken", pfn });
+                    }
+                    prev = d;
+                    if d.state.get() != PageState::Buddy {
+                        return Err(CheckError { what: "block on a free list is not Buddy", pfn });
+                    }
+                    if d.order.get() as usize != o || d.migratetype.get() as usize != mt {
+                        return Err(CheckError { what: "block on the free list of another order or type", pfn });
+                    }
+                    if pfn & ((1 << o) - 1) != 0 {
+                        return Err(CheckError { what: "free block not aligned to its order", pfn });
+                    }
+                    n += 1;
+                }
+                if list.last().map(|l| l as *const PageDesc) != (!prev.is_null()).then_some(prev) {
+                    return Err(CheckError { what: "free list tail pointer wrong", pfn: 0 });
+                }
+            }
+            if n != area.nr_free {
+                return Err(CheckError { what: "nr_free does not match the free lists", pfn: o });
+            }
+            pages += n << o;
+        }
+        if pages != self.free_pages {
+            return Err(CheckError { what: "free_pages does not match the free lists", pfn: pages });
+        }
+        let mut walked_free = 0;
+        for &sec in &self.sections[..self.nr_sections] {
+            // SAFETY: sections in the table live forever.
+            let sec = unsafe { &*sec };
+            let base = sec.base_pfn();
+            let (mut p, end) = (base + sec.first_pfn_offset, base + sec.nr_pages);
+            while p < end {
+                let d = sec.desc_at(p - base);
+                let order = d.order.get() as u32;
+                match d.state.get() {
+                    PageState::Tail | PageState::Reserved => {
+                        return Err(CheckError { what: "page covered by no block (lost)", pfn: p })
+                    }
+                    state => {
+                        if order > MAX_PAGE_ORDER || p & ((1 << order) - 1) != 0 || p + (1 << order) > end {
+                            return Err(CheckError { what: "block misaligned or past its section", pfn: p });
+                        }
+                        if state == PageState::Buddy {
+                            walked_free += 1 << order;
+                            if order < MAX_PAGE_ORDER {
+                                let b = p ^ (1 << order);
+                                if b >= base + sec.first_pfn_offset && b < end {
+                                    let bd = sec.desc_at(b - base);
+                                    if bd.state.get() == PageState::Buddy && bd.order.get() as u32 == order {
+                                        return Err(CheckError { what: "free buddies left unmerged", pfn: p });
+                                    }
+                                }
+                            }
+                        }
+                        // Interior pages of small blocks must be tails: a head
+                        // inside another block means overlap. (Large blocks are
+                        // not scanned, to keep their descriptors untouched.)
+                        if order <= PAGE_ALLOC_COSTLY_ORDER {
+                            for i in 1..(1 << order) {
+                                if sec.desc_at(p + i - base).state.get() != PageState::Tail {
+                                    return Err(CheckError { what: "block overlaps another block", pfn: p + i });
+                                }
+                            }
+                        }
+                        p += 1 << order;
+                    }
+                }
+            }
+        }
+        if walked_free != self.free_pages {
+            return Err(CheckError { what: "free pages in sections differ from the free lists", pfn: walked_free });
+        }
+        Ok(())
+    }
+
+    /// Pages handed out or on PCP lists, for statistics.
+    pub(crate) fn sections(&self) -> impl Iterator<Item = &'static Section> + '_ {
+        // SAFETY: sections in the table live forever.
+        self.sections[..self.nr_sections].iter().map(|&s| unsafe { &*s })
+    }
+}
+
+/// Maps a new section of `nr_pages` pages (metadata included) for zone
+/// section number `index`. Never called under the zone lock.
+pub(crate) fn map_section(index: usize, nr_pages: usize) -> Option<&'static Section> {
+    let pages = nr_pages.max(SECTION_META_PAGES + 1).min(SECTION_PAGES);
+    let base: NonNull<u8> = crate::os::map_aligned(pages * crate::os::PAGE_SIZE, SECTION_SIZE)?;
+    // SAFETY: a fresh, zero-filled, SECTION_SIZE-aligned mapping of `pages`
+    // pages that nobody else knows about.
+    Some(unsafe { Section::init(base, index, pages) })
+}
