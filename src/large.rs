@@ -59,17 +59,18 @@ fn mark_tiling(start: usize, end: usize) {
     }
 }
 
-/// Hands the tiling of `[start, end)` back to the page allocator, each block
-/// marked allocated first, carrying `flags` (zeroed or not).
-fn free_tiling(pages: &PageAllocator, start: usize, end: usize, flags: u8) {
+/// Gives the pages `[start, end)` (a tail cut off a block) straight back to
+/// the zone under one hold of its lock, carrying `flags` (zeroed or not).
+/// Not through the PCP: a tail left free in the zone next to its block is
+/// what lets `realloc` grow the block in place later.
+fn free_tail(pages: &PageAllocator, start: usize, end: usize, flags: u8) {
+    let mut zone = pages.zone.lock();
+    zone.ev.pgfree.add((end - start) as u64);
     for (pfn, order) in tiling(start, end) {
         // SAFETY: the caller owns these pages, which lie in a live section.
         let d = unsafe { pfn_to_desc(pfn) };
-        d.state.set(PageState::Allocated);
-        d.order.set(order as u8);
-        d.migratetype.set(MIGRATE_MOVABLE);
         d.flags.set(flags);
-        pages.free_block(d, order);
+        zone.free_one_page(d, order);
     }
 }
 
@@ -92,7 +93,7 @@ pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero
     d.state.set(PageState::Tail);
     mark_tiling(start, end);
     if end < start + (1 << order) {
-        free_tiling(pages, end, start + (1 << order), if zeroed { PG_ZEROED } else { 0 });
+        free_tail(pages, end, start + (1 << order), if zeroed { PG_ZEROED } else { 0 });
     }
     let ptr = pfn_to_addr(start);
     if zero && !zeroed {
@@ -129,7 +130,7 @@ pub(crate) unsafe fn resize_large(pages: &PageAllocator, ptr: NonNull<u8>, old: 
     if new < old {
         clear_tiling(start, start + old);
         mark_tiling(start, start + new);
-        free_tiling(pages, start + new, start + old, 0);
+        free_tail(pages, start + new, start + old, 0);
         return true;
     }
     if !pages.zone.lock().take_free_range(start + old, start + new) {
@@ -191,6 +192,33 @@ mod tests {
         // 5 pages from an aligned start: 4 + 1; the tail 3 of 8: 1 + 2.
         assert_eq!(tiling(8, 13).collect::<Vec<_>>(), [(8, 2), (12, 0)]);
         assert_eq!(tiling(13, 16).collect::<Vec<_>>(), [(13, 0), (14, 1)]);
+    }
+
+    #[test]
+    fn exact_blocks_give_back_their_tail_and_grow_and_shrink_in_place() {
+        use crate::page_alloc::Config;
+        let pages = PageAllocator::new(Config { nr_cpus: 1, ..Config::small(1024, 1) });
+        let p = alloc_large(&pages, 5, 3, true).unwrap();
+        pages.check().unwrap();
+        // 5 pages kept of an order-3 block: 3 went back, as blocks of 1 and 2.
+        let free_after_alloc = pages.zoneinfo().free_pages;
+        // SAFETY: `p` is a live 5-page block.
+        unsafe {
+            assert!(resize_large(&pages, p, 5, 8));
+            pages.check().unwrap();
+            assert_eq!(pages.zoneinfo().free_pages, free_after_alloc - 3);
+            assert!(resize_large(&pages, p, 8, 13));
+            pages.check().unwrap();
+            assert!(resize_large(&pages, p, 13, 2));
+            pages.check().unwrap();
+            free_large(&pages, p, 2);
+        }
+        pages.drain_all_pages();
+        pages.check().unwrap();
+        // Everything merged back: one max-order block is impossible in 1024
+        // usable pages that start at an odd page, but no page may be missing.
+        let z = pages.zoneinfo();
+        assert_eq!(z.free_pages, z.managed_pages);
     }
 
     #[test]

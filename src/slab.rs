@@ -656,6 +656,7 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn refill(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
+        debug_assert_eq!(self.bins[c].count, 0, "class {c}: an empty list with a count");
         let (head, n) = slabs.refill(c);
         if n == 0 {
             return ptr::null_mut();
@@ -718,6 +719,103 @@ impl ThreadCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page_alloc::Config;
+
+    fn private_pages() -> &'static PageAllocator {
+        Box::leak(Box::new(PageAllocator::new(Config { nr_cpus: 1, ..Config::small(4096, 4) })))
+    }
+
+    #[test]
+    fn slab_lifecycle_partial_full_empty_and_back_to_pages() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let c = size_to_class(256);
+        let objs = CLASSES[c].objs as usize;
+        // Fill one slab exactly: it leaves the partial list when full.
+        let first: Vec<*mut u8> = (0..objs).map(|_| slabs.alloc_one(c)).collect();
+        assert!(first.iter().all(|p| !p.is_null()));
+        let info = slabs.class_info(c);
+        assert_eq!((info.num_slabs, info.active_objs, info.slabs_allocated), (1, objs, 1));
+        slabs.check().unwrap();
+        // One more object needs a second slab.
+        let extra = slabs.alloc_one(c);
+        assert_eq!(slabs.class_info(c).num_slabs, 2);
+        // Emptying the first slab keeps it (one empty slab is kept)...
+        for &p in &first {
+            // SAFETY: live objects of class `c`.
+            unsafe { slabs.free_one(c, p) };
+            slabs.check().unwrap();
+        }
+        let info = slabs.class_info(c);
+        assert_eq!((info.num_slabs, info.active_objs, info.slabs_freed), (2, 1, 0));
+        // ...emptying the second gives one back to the page allocator.
+        // SAFETY: a live object of class `c`.
+        unsafe { slabs.free_one(c, extra) };
+        let info = slabs.class_info(c);
+        assert_eq!((info.num_slabs, info.active_objs, info.slabs_freed), (1, 0, 1));
+        slabs.shrink();
+        assert_eq!(slabs.class_info(c).num_slabs, 0);
+        slabs.check().unwrap();
+        pages.drain_all_pages();
+        pages.check().unwrap();
+        let z = pages.zoneinfo();
+        assert_eq!(z.free_pages, z.managed_pages, "a slab page was lost");
+    }
+
+    #[test]
+    fn thread_cache_refills_and_flushes_in_batches() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let mut tc = ThreadCache::new();
+        let c = size_to_class(64);
+        let SizeClass { batch, max_cached, .. } = CLASSES[c];
+        let (batch, max_cached) = (batch as usize, max_cached as usize);
+        // The first allocation refills one batch; the next batch-1 come from it.
+        let mut held: Vec<*mut u8> = (0..batch).map(|_| tc.alloc(&slabs, c)).collect();
+        assert_eq!(slabs.class_info(c).refills, 1);
+        assert_eq!(tc.cached(c), 0);
+        held.push(tc.alloc(&slabs, c));
+        assert_eq!(slabs.class_info(c).refills, 2);
+        assert_eq!(tc.cached(c), batch - 1);
+        // Distinct, 64-byte objects.
+        let mut sorted = held.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), held.len());
+        // Fill the cache to its bound by freeing more than it holds: one
+        // flush of one batch, which goes whole into a transfer slot.
+        let more: Vec<*mut u8> = (0..max_cached).map(|_| tc.alloc(&slabs, c)).collect();
+        held.extend(more);
+        let refills = slabs.class_info(c).refills;
+        let to_free = tc.cached(c) + held.len();
+        for &p in &held {
+            // SAFETY: live objects of class `c` from `slabs`.
+            unsafe { tc.free(&slabs, c, p) };
+            assert!(tc.cached(c) <= max_cached);
+        }
+        held.clear();
+        let info = slabs.class_info(c);
+        let expected_flushes = (to_free - max_cached).div_ceil(batch);
+        assert_eq!(info.flushes as usize, expected_flushes);
+        assert_eq!(info.transfer_objs, expected_flushes * batch);
+        // A refill now takes a whole transfer batch in O(1).
+        for _ in 0..tc.cached(c) + 1 {
+            held.push(tc.alloc(&slabs, c));
+        }
+        let info = slabs.class_info(c);
+        assert_eq!(info.refills, refills + 1);
+        assert_eq!(info.transfer_hits, 1);
+        // Everything back: no object lost.
+        for p in held.drain(..) {
+            // SAFETY: as above.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        tc.flush_all(&slabs);
+        slabs.shrink();
+        slabs.check().unwrap();
+        let info = slabs.class_info(c);
+        assert_eq!((info.active_objs, info.num_slabs), (0, 0));
+    }
 
     #[test]
     fn every_size_maps_to_the_smallest_class_that_fits() {
