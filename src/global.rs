@@ -170,12 +170,11 @@ unsafe impl GlobalAlloc for PcpAlloc {
         let nn = unsafe { NonNull::new_unchecked(ptr) };
         match (kind(layout.size(), align), kind(new_size, align)) {
             (Kind::Small(a), Kind::Small(b)) if a == b => return ptr,
-            (Kind::Large { npages: old, .. }, Kind::Large { npages: new, .. }) => {
+            (Kind::Large { npages: old, .. }, Kind::Large { npages: new, .. })
                 // SAFETY: `ptr` is a live large block of `old` pages.
-                if unsafe { large::resize_large(&PAGES, nn, old, new) } {
+                if unsafe { large::resize_large(&PAGES, nn, old, new) } => {
                     return ptr;
                 }
-            }
             (Kind::Huge, Kind::Huge) if align <= crate::PAGE_SIZE => {
                 // SAFETY: `ptr` is a live huge mapping of the old size.
                 return match unsafe { large::realloc_huge(nn, layout.size(), new_size) } {

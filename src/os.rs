@@ -12,7 +12,7 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 /// so a large section costs address space, not RAM, and is not refused by the
 /// overcommit heuristic. Returns `None` when the OS refuses.
 pub(crate) fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
-    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE && size % PAGE_SIZE == 0);
+    debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE && size.is_multiple_of(PAGE_SIZE));
     let span = if align > PAGE_SIZE { size.checked_add(align)? } else { size };
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing touches no existing memory.

@@ -154,7 +154,7 @@ impl Section {
     /// `max(nr_pages, SECTION_META_PAGES)` pages, aligned to `SECTION_SIZE`,
     /// that nobody else uses.
     pub(crate) unsafe fn init(base: NonNull<u8>, index: usize, nr_pages: usize) -> &'static Section {
-        debug_assert!(base.as_ptr() as usize % SECTION_SIZE == 0);
+        debug_assert!((base.as_ptr() as usize).is_multiple_of(SECTION_SIZE));
         let sec = base.as_ptr().cast::<Section>();
         // SAFETY: the mapping is ours, aligned, large enough and zero-filled
         // (all-zero `Cell<u8>`s are valid, as is `MIGRATE_UNMOVABLE` = 0).

@@ -79,7 +79,7 @@ pub const fn class_for(size: usize, align: usize) -> Option<usize> {
         return None;
     }
     let mut c = size_to_class(rounded);
-    while class_size(c) % align != 0 {
+    while !class_size(c).is_multiple_of(align) {
         c += 1;
         if c == NR_CLASSES {
             return None;
@@ -498,14 +498,14 @@ impl<'a> SlabAllocator<'a> {
     /// Gives every transfer batch's objects back to their slabs and every
     /// empty slab back to the page allocator.
     pub fn shrink(&self) {
-        for c in 0..NR_CLASSES {
+        for (c, sc) in CLASSES.iter().enumerate() {
             self.with_class(c, |inner, class| {
                 while inner.nr_transfer > 0 {
                     inner.nr_transfer -= 1;
                     let head = inner.transfer[inner.nr_transfer];
-                    self.release(inner, class, c, head, CLASSES[c].batch as usize);
+                    self.release(inner, class, c, head, sc.batch as usize);
                 }
-                let order = CLASSES[c].slab_order as u32;
+                let order = sc.slab_order as u32;
                 while inner.nr_empty > 0 {
                     let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
                     debug_assert_eq!(slab.slab_inuse.get(), 0);
@@ -542,8 +542,7 @@ impl<'a> SlabAllocator<'a> {
     /// length plus its in-use count is its object count, objects on free
     /// lists lie inside their slab at object boundaries, and the counts add up.
     pub fn check(&self) -> Result<(), crate::CheckError> {
-        for c in 0..NR_CLASSES {
-            let sc = CLASSES[c];
+        for (c, &sc) in CLASSES.iter().enumerate() {
             let bytes = PAGE_SIZE << sc.slab_order;
             let r = self.with_class(c, |inner, _| {
                 let (mut empty, mut free_objs) = (0, 0);
@@ -561,7 +560,7 @@ impl<'a> SlabAllocator<'a> {
                     let mut o = slab.slab_free.get();
                     while !o.is_null() {
                         let off = (o as usize).wrapping_sub(base);
-                        if off >= bytes || off % sc.size as usize != 0 || n > sc.objs as usize {
+                        if off >= bytes || !off.is_multiple_of(sc.size as usize) || n > sc.objs as usize {
                             return bad("slab free list leaves its slab");
                         }
                         n += 1;
@@ -841,11 +840,11 @@ mod tests {
                 match class_for(size, align) {
                     Some(c) => {
                         let s = class_size(c);
-                        assert!(s >= size && s % align == 0, "size {size} align {align} -> {s}");
+                        assert!(s >= size && s.is_multiple_of(align), "size {size} align {align} -> {s}");
                         // Smallest such class.
                         for smaller in 0..c {
                             let t = class_size(smaller);
-                            assert!(!(t >= size && t % align == 0), "size {size} align {align}: {t} fits too");
+                            assert!(!(t >= size && t.is_multiple_of(align)), "size {size} align {align}: {t} fits too");
                         }
                     }
                     None => assert!(size.next_multiple_of(align) > MAX_SMALL),

@@ -438,7 +438,7 @@ impl ZoneInner {
                 let mut prev: *const PageDesc = core::ptr::null();
                 for d in list.iter() {
                     let pfn = desc_to_pfn(d);
-                    if d.prev.get() as *const PageDesc != prev {
+                    if !std::ptr::eq(d.prev.get(), prev) {
                         return Err(CheckError { what: "free list back link broken", pfn });
                     }
                     prev = d;
@@ -525,7 +525,7 @@ impl ZoneInner {
 /// Maps a new section of `nr_pages` pages (metadata included) for zone
 /// section number `index`. Never called under the zone lock.
 pub(crate) fn map_section(index: usize, nr_pages: usize) -> Option<&'static Section> {
-    let pages = nr_pages.max(SECTION_META_PAGES + 1).min(SECTION_PAGES);
+    let pages = nr_pages.clamp(SECTION_META_PAGES + 1, SECTION_PAGES);
     let base: NonNull<u8> = crate::os::map_aligned(pages * crate::os::PAGE_SIZE, SECTION_SIZE)?;
     // SAFETY: a fresh, zero-filled, SECTION_SIZE-aligned mapping of `pages`
     // pages that nobody else knows about.
