@@ -13,6 +13,8 @@
 //! and the kernel's page API; `stats` the `/proc`-shaped views.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// Under loom only the model checks use the crate, not the global allocator.
+#![cfg_attr(loom, allow(dead_code, missing_docs))]
 #![cfg_attr(feature = "nightly", feature(allocator_api))]
 
 mod fmt;
