@@ -6,12 +6,16 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use crate::large::{self, large_order, pages_for};
+use crate::os::PurgeMode;
+use crate::page_alloc::DEFAULT_DECAY_MS;
 use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL};
 use crate::PAGES;
 
 /// The process-wide slab layer, over the process-wide page allocator.
-pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES);
+pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true);
 
 /// The thread's object cache. The holder's destructor gives the cached
 /// objects back when the thread exits; from then on (and during other TLS
@@ -20,7 +24,9 @@ struct CacheHolder(UnsafeCell<ThreadCache>);
 
 impl Drop for CacheHolder {
     fn drop(&mut self) {
-        self.0.get_mut().flush_all(&SLABS);
+        let tc = self.0.get_mut();
+        tc.flush_all(&SLABS);
+        SLABS.unregister(tc);
     }
 }
 
@@ -35,20 +41,73 @@ thread_local! {
 /// ```ignore
 /// #[global_allocator]
 /// static GLOBAL: pcpalloc::PcpAlloc = pcpalloc::PcpAlloc::new();
+/// // or, stating the purge settings in the same line:
+/// static GLOBAL: pcpalloc::PcpAlloc = pcpalloc::PcpAlloc::new().with_decay_ms(5000);
 /// ```
 ///
-/// Every instance shares the process-wide page allocator and slab layer.
-#[derive(Debug, Default, Clone, Copy)]
+/// Every instance shares the process-wide page allocator and slab layer;
+/// the settings of the one that serves the first allocation apply. The
+/// environment variables `PCPALLOC_DECAY_MS` and `PCPALLOC_PURGE`
+/// (`dontneed` or `free`) override them; [`set_decay_ms`] and
+/// [`set_purge_mode`] change them at run time.
+#[derive(Debug, Clone, Copy)]
 pub struct PcpAlloc {
-    _private: (),
+    decay_ms: u64,
+    purge_mode: PurgeMode,
+}
+
+impl Default for PcpAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl PcpAlloc {
-    /// The allocator; it maps nothing until the first allocation.
+    /// The allocator with the default purge settings ([`DEFAULT_DECAY_MS`],
+    /// `MADV_DONTNEED`); it maps nothing until the first allocation.
     pub const fn new() -> Self {
-        Self { _private: () }
+        Self { decay_ms: DEFAULT_DECAY_MS, purge_mode: PurgeMode::DontNeed }
+    }
+
+    /// Free memory goes back to the OS after `ms` milliseconds free
+    /// (`u64::MAX`: only on [`trim`]).
+    pub const fn with_decay_ms(self, ms: u64) -> Self {
+        Self { decay_ms: ms, ..self }
+    }
+
+    /// How memory goes back to the OS.
+    pub const fn with_purge_mode(self, mode: PurgeMode) -> Self {
+        Self { purge_mode: mode, ..self }
+    }
+
+    /// Applies non-default settings once. The test folds away for
+    /// `PcpAlloc::new()`: the `#[global_allocator]` static is immutable, so
+    /// the compiler knows its fields.
+    #[inline(always)]
+    fn configure(&self) {
+        if (self.decay_ms != DEFAULT_DECAY_MS || self.purge_mode != PurgeMode::DontNeed)
+            && !CONFIGURED.load(Ordering::Relaxed)
+        {
+            self.configure_slow();
+        }
+    }
+
+    #[cold]
+    fn configure_slow(&self) {
+        CONFIGURED.store(true, Ordering::Relaxed);
+        PAGES.set_decay_ms(self.decay_ms);
+        PAGES.set_purge_mode(self.purge_mode);
+        apply_env_overrides();
     }
 }
+
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Bytes requested by live large and huge blocks, pages of live large
+/// blocks, and bytes of live huge mappings (cold paths only).
+static LARGE_REQUESTED: AtomicUsize = AtomicUsize::new(0);
+static LARGE_PAGES: AtomicUsize = AtomicUsize::new(0);
+static HUGE_MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// Which layer serves a `(size, align)` request.
 #[derive(Copy, Clone, PartialEq, Eq, Debug)]
@@ -108,10 +167,29 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
             return p;
         }
-        Kind::Large { npages, order } => large::alloc_large(&PAGES, npages, order, zero),
-        Kind::Huge => large::alloc_huge(size, align),
+        Kind::Large { npages, order } => {
+            let b = large::alloc_large(&PAGES, npages, order, zero);
+            if b.is_some() {
+                LARGE_PAGES.fetch_add(npages, Ordering::Relaxed);
+            }
+            b
+        }
+        Kind::Huge => {
+            let b = large::alloc_huge(size, align);
+            if b.is_some() {
+                HUGE_MAPPED.fetch_add(huge_len(size), Ordering::Relaxed);
+            }
+            b
+        }
     };
+    if block.is_some() {
+        LARGE_REQUESTED.fetch_add(size, Ordering::Relaxed);
+    }
     block.map_or(ptr::null_mut(), NonNull::as_ptr)
+}
+
+fn huge_len(size: usize) -> usize {
+    pages_for(size).unwrap_or(0) * crate::PAGE_SIZE
 }
 
 /// # Safety
@@ -123,12 +201,19 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
     let nn = unsafe { NonNull::new_unchecked(ptr) };
     match kind(size, align) {
         // SAFETY: forwarded from the caller.
-        Kind::Small(c) => unsafe { small_free(c, ptr) },
-        // SAFETY: a large block of `npages` pages (the caller's layout).
-        Kind::Large { npages, .. } => unsafe { large::free_large(&PAGES, nn, npages) },
-        // SAFETY: a huge mapping of this size.
-        Kind::Huge => unsafe { large::free_huge(nn, size) },
+        Kind::Small(c) => return unsafe { small_free(c, ptr) },
+        Kind::Large { npages, .. } => {
+            LARGE_PAGES.fetch_sub(npages, Ordering::Relaxed);
+            // SAFETY: a large block of `npages` pages (the caller's layout).
+            unsafe { large::free_large(&PAGES, nn, npages) }
+        }
+        Kind::Huge => {
+            HUGE_MAPPED.fetch_sub(huge_len(size), Ordering::Relaxed);
+            // SAFETY: a huge mapping of this size.
+            unsafe { large::free_huge(nn, size) }
+        }
     }
+    LARGE_REQUESTED.fetch_sub(size, Ordering::Relaxed);
 }
 
 // SAFETY: every method returns memory that fits the layout or null, never
@@ -138,6 +223,7 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
 unsafe impl GlobalAlloc for PcpAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.configure();
         let (size, align) = (layout.size(), layout.align());
         if align <= 8 && size <= MAX_SMALL {
             return small_alloc(size_to_class(size));
@@ -158,6 +244,7 @@ unsafe impl GlobalAlloc for PcpAlloc {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.configure();
         alloc_cold(layout.size(), layout.align(), true)
     }
 
@@ -236,15 +323,56 @@ fn dangling(layout: Layout) -> NonNull<u8> {
 
 // ---- fork ----------------------------------------------------------------------
 
-/// Registers the fork handlers; called once, when the process-wide page
-/// allocator maps its first section (before any lock of ours can be held
-/// across a `fork`).
-pub(crate) fn register_fork_handlers() {
+/// Called once, when the process-wide page allocator maps its first section:
+/// registers the fork handlers (before any lock of ours can be held across a
+/// `fork`) and reads the environment's overrides.
+pub(crate) fn on_first_grow() {
     // SAFETY: the handlers are plain functions that only take and release
     // our locks; glibc's pthread_atfork does not call back into us.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
+    apply_env_overrides();
+}
+
+/// The purge tick's hook: the slab layer decays its idle caches.
+pub(crate) fn on_purge_tick() {
+    SLABS.decay();
+}
+
+/// `PCPALLOC_DECAY_MS=<ms>|never` and `PCPALLOC_PURGE=dontneed|free`, read
+/// with `getenv` into no allocation.
+fn apply_env_overrides() {
+    if let Some(v) = getenv(c"PCPALLOC_DECAY_MS") {
+        if v == b"never" {
+            PAGES.set_decay_ms(u64::MAX);
+        } else if let Some(ms) = parse_u64(v) {
+            PAGES.set_decay_ms(ms);
+        }
+    }
+    match getenv(c"PCPALLOC_PURGE") {
+        Some(b"free") => PAGES.set_purge_mode(PurgeMode::Free),
+        Some(b"dontneed") => PAGES.set_purge_mode(PurgeMode::DontNeed),
+        _ => {}
+    }
+}
+
+fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; the returned string lives in the
+    // environment block, which we only read, and nobody calls `setenv`
+    // concurrently with an allocator's start-up in a sound program.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p).to_bytes())
+    }
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter()
+        .try_fold(0u64, |acc, &b| b.is_ascii_digit().then(|| acc.checked_mul(10)?.checked_add((b - b'0') as u64))?)
 }
 
 /// Takes every lock in the documented order (class locks, then the page
@@ -280,4 +408,96 @@ pub fn flush_thread_cache() {
         // SAFETY: the cache is this thread's alone.
         unsafe { (*h.0.get()).flush_all(&SLABS) }
     });
+}
+
+/// Gives back everything that can be given back now: flushes the calling
+/// thread's object cache, releases every class's transfer batches and empty
+/// slabs, drains every CPU's PCP lists, and purges every free block.
+/// Afterwards the allocator's resident memory is its live set plus
+/// metadata (and other threads' object caches, which only they can flush).
+/// Safe to call from any thread at any time.
+pub fn trim() {
+    flush_thread_cache();
+    SLABS.shrink();
+    PAGES.trim();
+}
+
+/// Where the allocator's memory is, in bytes (see [`Stats`]). Takes each
+/// lock briefly; allocates nothing.
+///
+/// [`Stats`]: crate::Stats
+pub fn stats() -> crate::stats::Stats {
+    let pc = PAGES.page_counts();
+    let v = PAGES.vmstat();
+    let (slab_pages, slab_objs) = SLABS.slab_bytes();
+    let slab_cached = SLABS.cached_bytes();
+    let ps = crate::PAGE_SIZE;
+    let huge = HUGE_MAPPED.load(Ordering::Relaxed);
+    let large_pages = LARGE_PAGES.load(Ordering::Relaxed);
+    // Page-API blocks: pages in use that are neither slabs nor large blocks.
+    let page_api = (pc.in_use() * ps).saturating_sub(slab_pages + large_pages * ps);
+    let allocated = slab_objs.saturating_sub(slab_cached) + LARGE_REQUESTED.load(Ordering::Relaxed) + page_api;
+    let active = pc.in_use() * ps + huge;
+    let dirty = (pc.free - pc.purged) * ps;
+    let metadata = pc.nr_sections * ps
+        + (pc.managed - pc.purged) * core::mem::size_of::<crate::page::PageDesc>()
+        + core::mem::size_of_val(&PAGES)
+        + core::mem::size_of_val(&SLABS);
+    crate::stats::Stats {
+        allocated,
+        active,
+        resident: active + pc.pcp * ps + dirty + metadata,
+        cached: pc.pcp * ps + dirty + slab_cached,
+        retained: pc.purged * ps,
+        mapped: pc.mapped_pages * ps + huge,
+        metadata,
+        purge_calls: v.purge_calls,
+        purged_bytes: v.purged_pages * ps as u64,
+        purge_ticks: v.purge_ticks,
+    }
+}
+
+/// Sets how long free memory stays resident before it goes back to the OS.
+pub fn set_decay_ms(ms: u64) {
+    PAGES.set_decay_ms(ms)
+}
+
+/// Sets how memory goes back to the OS.
+pub fn set_purge_mode(mode: PurgeMode) {
+    PAGES.set_purge_mode(mode)
+}
+
+/// An opt-in background thread that runs the purge ticks on a timer, for
+/// programs that go idle (without it, purging happens on allocator calls
+/// that are slow anyway). Stops when dropped.
+#[derive(Debug)]
+pub struct PurgeThread {
+    stop: std::sync::Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts the background purge thread, ticking every quarter of the decay
+/// time (at least every 10 ms).
+pub fn spawn_purge_thread() -> std::io::Result<PurgeThread> {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new().name("pcpalloc-purge".into()).spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let decay = PAGES.decay_ms();
+            let tick = if decay == u64::MAX { 1000 } else { (decay / 4).clamp(10, 1000) };
+            std::thread::park_timeout(std::time::Duration::from_millis(tick));
+            PAGES.maybe_purge();
+        }
+    })?;
+    Ok(PurgeThread { stop, handle: Some(handle) })
+}
+
+impl Drop for PurgeThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
 }

@@ -60,7 +60,7 @@ fn mark_tiling(start: usize, end: usize) {
 }
 
 /// Gives the pages `[start, end)` (a tail cut off a block) straight back to
-/// the zone under one hold of its lock, carrying `flags` (zeroed or not).
+/// the zone under one hold of its lock, carrying `flags` (zeroed, purged).
 /// Not through the PCP: a tail left free in the zone next to its block is
 /// what lets `realloc` grow the block in place later.
 fn free_tail(pages: &PageAllocator, start: usize, end: usize, flags: u8) {
@@ -87,13 +87,14 @@ fn clear_tiling(start: usize, end: usize) {
 /// known to be zero already.
 pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero: bool) -> Option<NonNull<u8>> {
     let d = pages.alloc_block_keep_flags(Gfp::DEFAULT, order, MIGRATE_MOVABLE)?;
-    let zeroed = d.flags.get() & PG_ZEROED != 0;
+    let flags = d.flags.get();
+    let zeroed = flags & PG_ZEROED != 0;
     let start = desc_to_pfn(d);
     let end = start + npages;
     d.state.set(PageState::Tail);
     mark_tiling(start, end);
     if end < start + (1 << order) {
-        free_tail(pages, end, start + (1 << order), if zeroed { PG_ZEROED } else { 0 });
+        free_tail(pages, end, start + (1 << order), flags);
     }
     let ptr = pfn_to_addr(start);
     if zero && !zeroed {

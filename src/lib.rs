@@ -32,18 +32,21 @@ mod trace;
 mod zone;
 
 #[cfg(not(loom))]
-pub use global::{flush_thread_cache, slabinfo, PcpAlloc};
+pub use global::{
+    flush_thread_cache, set_decay_ms, set_purge_mode, slabinfo, spawn_purge_thread, stats, trim, PcpAlloc, PurgeThread,
+};
+pub use os::PurgeMode;
 pub use page::{
     MigrateType, MAX_PAGE_ORDER, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_TYPES, MIGRATE_UNMOVABLE,
     NR_PAGE_ORDERS, PAGEBLOCK_ORDER, PAGE_ALLOC_COSTLY_ORDER,
 };
-pub use page_alloc::{Config, Gfp, Page, PageAllocator, MAX_BULK, MAX_CPUS};
+pub use page_alloc::{Config, Gfp, Page, PageAllocator, DEFAULT_DECAY_MS, MAX_BULK, MAX_CPUS, PURGE_STEP_PAGES};
 pub use slab::{
     class_for, class_size, size_to_class, SizeClass, SlabAllocator, SlabClassInfo, ThreadCache, CLASSES, MAX_SMALL,
     NR_CLASSES,
 };
-pub use stats::SlabInfo;
 pub use stats::{BuddyInfo, PageTypeInfo, VmStat, ZoneInfo, ZONEINFO_CPUS};
+pub use stats::{SlabInfo, Stats};
 pub use zone::CheckError;
 
 /// The page size: 4 KiB.
@@ -51,8 +54,11 @@ pub const PAGE_SIZE: usize = os::PAGE_SIZE;
 
 /// The process-wide page allocator, shared by the page API and `PcpAlloc`.
 #[cfg(not(loom))]
-pub(crate) static PAGES: PageAllocator =
-    page_alloc::page_allocator_new(Config { on_first_grow: Some(global::register_fork_handlers), ..Config::DEFAULT });
+pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
+    on_first_grow: Some(global::on_first_grow),
+    on_purge_tick: Some(global::on_purge_tick),
+    ..Config::DEFAULT
+});
 
 /// `alloc_page`: one page from the process-wide page allocator.
 #[cfg(not(loom))]

@@ -73,6 +73,41 @@ pub(crate) unsafe fn remap(ptr: NonNull<u8>, old: usize, new: usize) -> Option<N
     }
 }
 
+/// How freed memory is given back to the OS.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// `MADV_DONTNEED`: the pages leave RSS at once and read as zero after.
+    DontNeed,
+    /// `MADV_FREE`: the kernel takes the pages only under memory pressure;
+    /// cheaper, but RSS does not drop until then, and the content is not
+    /// known to be zero.
+    Free,
+}
+
+/// Gives the physical pages of `ptr..ptr+size` back to the OS; the range
+/// stays mapped. Returns whether the OS accepted.
+///
+/// # Safety
+/// The range must be ours and hold nothing anybody still needs.
+pub(crate) unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
+    let advice = match mode {
+        PurgeMode::DontNeed => libc::MADV_DONTNEED,
+        PurgeMode::Free => libc::MADV_FREE,
+    };
+    // SAFETY: the caller guarantees the range is ours and unused.
+    unsafe { libc::madvise(ptr.cast(), size, advice) == 0 }
+}
+
+/// Coarse monotonic time in milliseconds (`CLOCK_MONOTONIC_COARSE`, served
+/// by the vDSO without a syscall, a few nanoseconds, ticking every few ms).
+#[inline]
+pub(crate) fn coarse_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// The CPU this thread is running on now (it may be another one a moment
 /// later: callers rely on the PCP's own lock for correctness, never on
 /// staying put). glibc ≥ 2.35 answers from the rseq area, without a syscall.

@@ -80,6 +80,10 @@ pub(crate) enum PageState {
     Pcp = 2,
     /// Head of a block handed out by the page allocator.
     Allocated = 3,
+    /// Head of a free block taken off the free lists while it is being
+    /// purged outside the zone lock (the kernel's page reporting isolates
+    /// blocks the same way); nothing merges with it meanwhile.
+    Isolated = 5,
     /// Section header and descriptor array; never allocatable.
     Reserved = 4,
 }
@@ -87,6 +91,10 @@ pub(crate) enum PageState {
 /// Flag: the block's memory is known to be zero (fresh from `mmap`, or purged
 /// with `MADV_DONTNEED`) so `Gfp::ZERO` need not clear it.
 pub(crate) const PG_ZEROED: u8 = 1;
+/// Flag: the block's memory is not resident: never touched since `mmap`, or
+/// given back to the OS with `madvise` (purged). A free block without it is
+/// *dirty*: free but still backed by physical memory.
+pub(crate) const PG_PURGED: u8 = 2;
 
 /// The descriptor of one 4 KiB page (`struct page`). 32 bytes.
 ///
@@ -99,7 +107,9 @@ pub(crate) const PG_ZEROED: u8 = 1;
 /// * `migratetype` of a `Buddy` or `Pcp` head names the list it is on.
 /// * The `slab_*` fields belong to the slab layer while the block is a slab
 ///   (state `Allocated`, `migratetype` `UNMOVABLE`), guarded by that size
-///   class's lock.
+///   class's lock; `private` is then the slab's free-object list.
+/// * For a dirty `Buddy` head, `private` is the time (coarse monotonic
+///   milliseconds) the block became free, which purging ages from.
 ///
 /// `Cell` fields: a descriptor is shared memory reached through raw
 /// pointers; every access happens under the lock that owns the block (or by
@@ -116,10 +126,25 @@ pub(crate) struct PageDesc {
     pub(crate) slab_class: Cell<u8>,
     _pad: u8,
     pub(crate) slab_inuse: Cell<u16>,
-    pub(crate) slab_free: Cell<*mut u8>,
+    /// The kernel's `page->private`: the slab's free list, or a free block's
+    /// free-since time.
+    pub(crate) private: Cell<usize>,
 }
 
 const _: () = assert!(core::mem::size_of::<PageDesc>() == 32);
+
+impl PageDesc {
+    /// A slab's list of free objects.
+    #[inline]
+    pub(crate) fn slab_free(&self) -> *mut u8 {
+        self.private.get() as *mut u8
+    }
+
+    #[inline]
+    pub(crate) fn set_slab_free(&self, p: *mut u8) {
+        self.private.set(p as usize)
+    }
+}
 
 /// The header at the start of every section.
 ///

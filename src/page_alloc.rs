@@ -12,7 +12,7 @@ use core::ptr::NonNull;
 
 use crossbeam_utils::CachePadded;
 
-use crate::os;
+use crate::os::{self, PurgeMode};
 use crate::page::*;
 use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, PerCpuPages};
 use crate::stats::{BuddyInfo, VmStat, ZoneInfo};
@@ -125,7 +125,35 @@ pub struct Config {
     /// Called once, after the first section is mapped (the process-wide
     /// instance registers its fork handlers there).
     pub on_first_grow: Option<fn()>,
+    /// How long a free block stays resident before it is purged, in ms
+    /// (`u64::MAX`: never). Changeable at run time with `set_decay_ms`.
+    pub decay_ms: u64,
+    /// How purged memory goes back to the OS.
+    pub purge_mode: PurgeMode,
+    /// Where the time comes from, in ms; `None` means the coarse monotonic
+    /// clock. Tests inject their own.
+    pub clock: Option<fn() -> u64>,
+    /// Called on every purge tick, outside every lock (the process-wide
+    /// instance decays the slab layer's caches there).
+    pub on_purge_tick: Option<fn()>,
 }
+
+/// Default purge delay: a block free for a second goes back to the OS.
+///
+/// mimalloc v3 waits 1 s (v2 10 ms), jemalloc decays dirty pages over 10 s.
+/// A second keeps a program that frees and reallocates in a loop (the 16 KiB
+/// ping-pong, a request/response cycle) from `madvise`-ing anything, since
+/// blocks in such loops never stay free that long, while an idle service is
+/// back to its live set within about two seconds.
+pub const DEFAULT_DECAY_MS: u64 = 1000;
+
+/// Most pages one purge tick gives back (32 MiB): a bounded step on an
+/// allocation that happens to run it. A tick that hits the bound re-arms at
+/// once, so a backlog drains over the next slow-path calls.
+pub const PURGE_STEP_PAGES: usize = 8192;
+
+/// Blocks isolated per zone-lock hold while purging.
+const PURGE_BATCH: usize = 32;
 
 impl Config {
     /// Whole 1 GiB sections, up to the zone's limit, one PCP per CPU.
@@ -137,6 +165,10 @@ impl Config {
         batch: None,
         high: None,
         on_first_grow: None,
+        decay_ms: DEFAULT_DECAY_MS,
+        purge_mode: PurgeMode::DontNeed,
+        clock: None,
+        on_purge_tick: None,
     };
 
     /// A small instance: sections of `usable_pages` usable pages (after the
@@ -150,6 +182,39 @@ impl Config {
 struct NodeEvents {
     slowpath: Counter,
     drain_all: Counter,
+    purge_ticks: Counter,
+    purge_calls: Counter,
+    purged_pages: Counter,
+    pcp_decay_drains: Counter,
+}
+
+/// Purge bookkeeping: settings changeable at run time and the next tick's
+/// time. Plain `core` atomics: purging is not part of what loom models.
+struct PurgeState {
+    decay_ms: core::sync::atomic::AtomicU64,
+    /// 0 = `MADV_DONTNEED`, 1 = `MADV_FREE`.
+    mode: core::sync::atomic::AtomicU32,
+    next_ms: core::sync::atomic::AtomicU64,
+}
+
+/// Page counts behind `stats()`.
+#[derive(Copy, Clone, Debug, Default)]
+pub(crate) struct PageCounts {
+    pub(crate) managed: usize,
+    pub(crate) free: usize,
+    pub(crate) purged: usize,
+    pub(crate) isolated: usize,
+    pub(crate) pcp: usize,
+    pub(crate) nr_sections: usize,
+    /// Pages mapped for sections, metadata included.
+    pub(crate) mapped_pages: usize,
+}
+
+impl PageCounts {
+    /// Pages handed out: slabs, large blocks, page-API blocks.
+    pub(crate) fn in_use(&self) -> usize {
+        self.managed - self.free - self.pcp - self.isolated
+    }
 }
 
 /// A page allocator: the zone, one PCP per CPU, and the growth lock.
@@ -166,6 +231,7 @@ pub struct PageAllocator {
     nr_cpus: AtomicUsize,
     config: Config,
     ev: NodeEvents,
+    purge: PurgeState,
 }
 
 #[cfg(not(loom))]
@@ -186,7 +252,22 @@ crate::sync::maybe_const_fn! {
             grow_lock: RawLock::new(),
             nr_cpus: AtomicUsize::new(0),
             config,
-            ev: NodeEvents { slowpath: Counter::new(), drain_all: Counter::new() },
+            ev: NodeEvents {
+                slowpath: Counter::new(),
+                drain_all: Counter::new(),
+                purge_ticks: Counter::new(),
+                purge_calls: Counter::new(),
+                purged_pages: Counter::new(),
+                pcp_decay_drains: Counter::new(),
+            },
+            purge: PurgeState {
+                decay_ms: core::sync::atomic::AtomicU64::new(config.decay_ms),
+                mode: core::sync::atomic::AtomicU32::new(match config.purge_mode {
+                    PurgeMode::DontNeed => 0,
+                    PurgeMode::Free => 1,
+                }),
+                next_ms: core::sync::atomic::AtomicU64::new(0),
+            },
         }
     }
 }
@@ -293,8 +374,14 @@ impl PageAllocator {
             return PcpResult::Busy;
         }
         // SAFETY: we hold the PCP lock until the unlock below.
-        let got = unsafe { pcp.locked() }.rmqueue_pcplist(&self.zone, order, mt);
+        let inner = unsafe { pcp.locked() };
+        let trips = inner.zone_trips;
+        let got = inner.rmqueue_pcplist(&self.zone, order, mt);
+        let went_to_zone = inner.zone_trips != trips;
         pcp.lock.unlock();
+        if went_to_zone {
+            self.maybe_purge();
+        }
         match got {
             Some(d) => PcpResult::Got(d),
             None => PcpResult::Empty,
@@ -303,10 +390,14 @@ impl PageAllocator {
 
     /// `rmqueue_buddy`: one block straight from the zone.
     fn rmqueue_buddy(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
-        let mut zone = self.zone.lock();
-        let d = zone.rmqueue(order, mt)?;
-        zone.ev.pgalloc.add(1 << order);
-        d.migratetype.set(mt);
+        let d = {
+            let mut zone = self.zone.lock();
+            let d = zone.rmqueue(order, mt)?;
+            zone.ev.pgalloc.add(1 << order);
+            d.migratetype.set(mt);
+            d
+        };
+        self.maybe_purge();
         Some(d)
     }
 
@@ -412,15 +503,189 @@ impl PageAllocator {
             let pcp = self.this_pcp();
             if pcp.lock.try_lock() {
                 // SAFETY: we hold the PCP lock until the unlock below.
-                unsafe { pcp.locked() }.free_unref_page_commit(&self.zone, d, order);
+                let inner = unsafe { pcp.locked() };
+                let trips = inner.zone_trips;
+                inner.free_unref_page_commit(&self.zone, d, order);
+                let went_to_zone = inner.zone_trips != trips;
                 pcp.lock.unlock();
+                if went_to_zone {
+                    self.maybe_purge();
+                }
                 return;
             }
             pcp.trylock_fail.inc_shared();
         }
-        let mut zone = self.zone.lock();
-        zone.ev.pgfree.add(1 << order);
-        zone.free_one_page(d, order);
+        {
+            let mut zone = self.zone.lock();
+            zone.ev.pgfree.add(1 << order);
+            zone.free_one_page(d, order);
+        }
+        self.maybe_purge();
+    }
+
+    // ---- giving memory back -------------------------------------------------
+
+    /// The time in ms, from the configured clock.
+    #[inline]
+    pub(crate) fn now_ms(&self) -> u64 {
+        match self.config.clock {
+            Some(f) => f(),
+            None => os::coarse_ms(),
+        }
+    }
+
+    /// How long a free block stays resident before it is purged (ms).
+    pub fn decay_ms(&self) -> u64 {
+        self.purge.decay_ms.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the purge delay (`u64::MAX`: never purge on the way).
+    pub fn set_decay_ms(&self, ms: u64) {
+        self.purge.decay_ms.store(ms, core::sync::atomic::Ordering::Relaxed);
+        self.purge.next_ms.store(0, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How purged memory is given back.
+    pub fn purge_mode(&self) -> PurgeMode {
+        match self.purge.mode.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => PurgeMode::DontNeed,
+            _ => PurgeMode::Free,
+        }
+    }
+
+    /// Sets how purged memory is given back.
+    pub fn set_purge_mode(&self, mode: PurgeMode) {
+        let v = match mode {
+            PurgeMode::DontNeed => 0,
+            PurgeMode::Free => 1,
+        };
+        self.purge.mode.store(v, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Runs a purge tick if one is due. Called on paths that are already
+    /// slow (a PCP refill or drain, the zone path, the slab layer's refills
+    /// and flushes), never on a fast path: reading the coarse clock is the
+    /// whole cost when no tick is due.
+    #[inline]
+    pub(crate) fn maybe_purge(&self) {
+        let now = self.now_ms();
+        self.zone.clock_ms.store(now, core::sync::atomic::Ordering::Relaxed);
+        if now >= self.purge.next_ms.load(core::sync::atomic::Ordering::Relaxed) {
+            self.purge_tick(now);
+        }
+    }
+
+    /// One bounded step of purging, at most every quarter of the decay time
+    /// (one thread wins the tick): drain PCPs idle for a whole decay time,
+    /// let the layer above decay its caches, and purge the dirty blocks free
+    /// for longer than the decay time, largest and oldest first.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn purge_tick(&self, now: u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        let next = self.purge.next_ms.load(Relaxed);
+        let decay = self.decay_ms();
+        if now < next || decay == u64::MAX {
+            return;
+        }
+        let interval = (decay / 4).max(1);
+        if self.purge.next_ms.compare_exchange(next, now.saturating_add(interval), Relaxed, Relaxed).is_err() {
+            return;
+        }
+        self.ev.purge_ticks.inc_shared();
+        self.decay_pcps();
+        if let Some(f) = self.config.on_purge_tick {
+            f();
+        }
+        if self.purge_older_than(now, decay, PURGE_STEP_PAGES) >= PURGE_STEP_PAGES {
+            // More is waiting: let the next slow-path call go on.
+            self.purge.next_ms.store(now, Relaxed);
+        }
+    }
+
+    /// Drains the PCPs that nobody used for a whole decay time (four ticks).
+    fn decay_pcps(&self) {
+        for pcp in &self.pcp[..self.nr_cpus()] {
+            if !pcp.lock.try_lock() {
+                continue;
+            }
+            // SAFETY: we hold the PCP lock until the unlock below.
+            let inner = unsafe { pcp.locked() };
+            if inner.used {
+                inner.used = false;
+                inner.idle_ticks = 0;
+            } else if inner.count > 0 {
+                inner.idle_ticks = inner.idle_ticks.saturating_add(1);
+                if inner.idle_ticks >= 4 {
+                    self.ev.pcp_decay_drains.inc_shared();
+                    while inner.count > 0 {
+                        let n = inner.batch.max(1);
+                        inner.free_pcppages_bulk(&mut self.zone.lock(), n);
+                    }
+                }
+            }
+            pcp.lock.unlock();
+        }
+    }
+
+    /// Gives back the memory of dirty free blocks that have been free for at
+    /// least `decay_ms`, up to `max_pages`, a few blocks per zone-lock hold
+    /// and never `madvise` under the lock. Returns the pages purged.
+    pub fn purge_older_than(&self, now: u64, decay_ms: u64, max_pages: usize) -> usize {
+        let mode = self.purge_mode();
+        let mut total = 0;
+        while total < max_pages {
+            let mut blocks: [Option<(&'static PageDesc, u32)>; PURGE_BATCH] = [None; PURGE_BATCH];
+            let n = self.zone.lock().isolate_for_purge(now, decay_ms, max_pages - total, &mut blocks);
+            if n == 0 {
+                break;
+            }
+            let mut ok = [false; PURGE_BATCH];
+            for (i, &(d, order)) in blocks[..n].iter().flatten().enumerate() {
+                // SAFETY: the block is isolated: free, on no list, and nobody
+                // may hand it out or merge it until we put it back.
+                ok[i] = unsafe { os::purge(desc_ptr(d).as_ptr(), os::PAGE_SIZE << order, mode) };
+                self.ev.purge_calls.inc_shared();
+                total += 1 << order;
+            }
+            let mut zone = self.zone.lock();
+            for (i, &(d, order)) in blocks[..n].iter().flatten().enumerate() {
+                if ok[i] {
+                    self.ev.purged_pages.add_shared(1 << order);
+                }
+                zone.putback_purged(d, order, ok[i], ok[i] && mode == PurgeMode::DontNeed);
+            }
+        }
+        total
+    }
+
+    /// Page-level byte counts for `stats()`; takes the zone lock and each
+    /// PCP's lock in turn, allocates nothing.
+    pub(crate) fn page_counts(&self) -> PageCounts {
+        let mut c = PageCounts::default();
+        {
+            let zone = self.zone.lock();
+            c.managed = zone.managed_pages;
+            c.free = zone.free_pages;
+            c.purged = zone.purged_pages;
+            c.isolated = zone.isolated_pages;
+            c.nr_sections = zone.nr_sections;
+            c.mapped_pages = zone.sections().map(|s| s.nr_pages).sum();
+        }
+        for pcp in &self.pcp[..self.nr_cpus()] {
+            pcp.lock.lock();
+            // SAFETY: we hold the PCP lock.
+            c.pcp += unsafe { pcp.locked() }.count;
+            pcp.lock.unlock();
+        }
+        c
+    }
+
+    /// Drains every PCP and purges every dirty free block now (`trim`).
+    pub fn trim(&self) {
+        self.drain_all_pages();
+        let now = self.now_ms();
+        self.purge_older_than(now, 0, usize::MAX);
     }
 
     // ---- the kernel's page API ----------------------------------------------
@@ -529,6 +794,10 @@ impl PageAllocator {
         v.zone_lock = self.zone.lock_count.get();
         v.slowpath = self.ev.slowpath.get();
         v.drain_all = self.ev.drain_all.get();
+        v.purge_ticks = self.ev.purge_ticks.get();
+        v.purge_calls = self.ev.purge_calls.get();
+        v.purged_pages = self.ev.purged_pages.get();
+        v.pcp_decay_drains = self.ev.pcp_decay_drains.get();
         v
     }
 
@@ -634,5 +903,105 @@ fn free_pages_prepare(d: &PageDesc, order: u32) {
     if d.state.get() != PageState::Allocated || d.order.get() as u32 != order {
         let addr = pfn_to_addr(desc_to_pfn(d)) as usize;
         crate::page::bad_page("free_pages", addr, d.state.get(), d.order.get(), "an allocated block of that order");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    static CLOCK: AtomicU64 = AtomicU64::new(1_000_000);
+    fn clock() -> u64 {
+        CLOCK.load(Relaxed)
+    }
+
+    fn resident(p: *mut u8, len: usize) -> usize {
+        let mut vec = [0u8; 64];
+        let pages = len / os::PAGE_SIZE;
+        assert!(pages <= vec.len());
+        // SAFETY: `p..p+len` is a page-aligned range of ours; `vec` has room.
+        assert_eq!(unsafe { libc::mincore(p.cast(), len, vec.as_mut_ptr()) }, 0);
+        vec[..pages].iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    #[test]
+    fn blocks_free_longer_than_the_decay_time_go_back_to_the_os() {
+        let pages =
+            PageAllocator::new(Config { nr_cpus: 1, clock: Some(clock), decay_ms: 1000, ..Config::small(4096, 1) });
+        // Touch 64 pages in blocks of 4, free them, drain to the zone.
+        let blocks: Vec<Page> = (0..16).map(|_| pages.alloc_pages(Gfp::DEFAULT, 2).unwrap()).collect();
+        for b in &blocks {
+            // SAFETY: 16 KiB are ours.
+            unsafe { b.as_ptr().write_bytes(0xAB, 4 * os::PAGE_SIZE) };
+        }
+        let ptrs: Vec<*mut u8> = blocks.iter().map(|b| b.as_ptr()).collect();
+        for b in blocks {
+            pages.free_pages(b, 2);
+        }
+        pages.drain_all_pages();
+        assert!(ptrs.iter().all(|&p| resident(p, 4 * os::PAGE_SIZE) == 4));
+        let retained_before = pages.page_counts().purged;
+
+        // Not yet old enough: a tick purges nothing.
+        CLOCK.fetch_add(500, Relaxed);
+        pages.maybe_purge();
+        assert_eq!(pages.vmstat().purged_pages, 0);
+        assert!(ptrs.iter().all(|&p| resident(p, 4 * os::PAGE_SIZE) == 4));
+
+        // Past the decay time: the next tick gives them back.
+        CLOCK.fetch_add(600, Relaxed);
+        pages.maybe_purge();
+        let v = pages.vmstat();
+        assert!(v.purged_pages >= 64, "{v:?}");
+        assert!(v.purge_calls >= 1 && v.purge_calls <= 16);
+        assert!(ptrs.iter().all(|&p| resident(p, 4 * os::PAGE_SIZE) == 0));
+        assert!(pages.page_counts().purged >= retained_before + 64);
+        pages.check().unwrap();
+
+        // Purged memory reads as zero, so Gfp::ZERO need not clear it, and
+        // handing it out makes it count as resident again.
+        let again: Vec<Page> = (0..16).map(|_| pages.alloc_pages(Gfp::ZERO, 2).unwrap()).collect();
+        for b in &again {
+            // SAFETY: 16 KiB are ours.
+            let s = unsafe { core::slice::from_raw_parts(b.as_ptr(), 4 * os::PAGE_SIZE) };
+            assert!(s.iter().all(|&x| x == 0));
+        }
+        for b in again {
+            pages.free_pages(b, 2);
+        }
+        pages.trim();
+        pages.check().unwrap();
+        let c = pages.page_counts();
+        assert_eq!(c.purged, c.free, "trim purges every free page");
+        assert_eq!(c.pcp, 0);
+    }
+
+    #[test]
+    fn an_idle_pcp_drains_after_a_decay_time_and_a_busy_one_does_not() {
+        static T: AtomicU64 = AtomicU64::new(5_000_000);
+        fn t() -> u64 {
+            T.load(Relaxed)
+        }
+        let pages = PageAllocator::new(Config { nr_cpus: 1, clock: Some(t), decay_ms: 400, ..Config::small(4096, 1) });
+        let p = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        pages.free_pages(p, 0);
+        assert!(pages.zoneinfo().pcp_pages > 0);
+        // Busy: each tick finds it used.
+        for _ in 0..6 {
+            T.fetch_add(100, Relaxed);
+            let p = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+            pages.free_pages(p, 0);
+            pages.maybe_purge();
+        }
+        assert!(pages.zoneinfo().pcp_pages > 0);
+        // Idle for four ticks: drained.
+        for _ in 0..5 {
+            T.fetch_add(100, Relaxed);
+            pages.maybe_purge();
+        }
+        assert_eq!(pages.zoneinfo().pcp_pages, 0);
+        assert_eq!(pages.vmstat().pcp_decay_drains, 1);
+        pages.check().unwrap();
     }
 }

@@ -37,6 +37,14 @@ pub(crate) struct PcpInner {
     pub(crate) lists: [List; NR_PCP_LISTS],
     /// Where the next drain starts its round-robin over the lists.
     free_pindex: usize,
+    /// Refills and drains so far: a caller that sees it change knows it
+    /// went to the zone, a slow path where purging may run.
+    pub(crate) zone_trips: u64,
+    /// Set by every allocation and free; cleared by each purge tick, which
+    /// counts the ticks that found it clear and drains a PCP idle for a
+    /// whole decay time (the kernel's `decay_pcp_high` in spirit).
+    pub(crate) used: bool,
+    pub(crate) idle_ticks: u8,
     pub(crate) ev: PcpEvents,
 }
 
@@ -69,6 +77,9 @@ crate::sync::maybe_const_fn! {
                 batch: 1,
                 lists: [const { List::new() }; NR_PCP_LISTS],
                 free_pindex: 0,
+                zone_trips: 0,
+                used: false,
+                idle_ticks: 0,
                 ev: PcpEvents::new(),
             }),
             trylock_fail: Counter::new(),
@@ -121,7 +132,9 @@ impl PcpInner {
     #[inline]
     pub(crate) fn rmqueue_pcplist(&mut self, zone: &Zone, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let pindex = order_to_pindex(order, mt);
+        self.used = true;
         if self.lists[pindex].is_empty() {
+            self.zone_trips += 1;
             let want = self.nr_pcp_alloc(order);
             let got = zone.lock().rmqueue_bulk(order, want, mt, &mut self.lists[pindex]);
             self.count += got << order;
@@ -141,6 +154,7 @@ impl PcpInner {
     #[inline]
     pub(crate) fn free_unref_page_commit(&mut self, zone: &Zone, d: &PageDesc, order: u32) {
         d.state.set(PageState::Pcp);
+        self.used = true;
         self.lists[order_to_pindex(order, d.migratetype.get())].push_front(d);
         self.count += 1 << order;
         self.ev.pcp_free.inc();
@@ -156,6 +170,7 @@ impl PcpInner {
     /// taking from the cold tails of the lists round-robin.
     pub(crate) fn free_pcppages_bulk(&mut self, zone: &mut ZoneInner, count: usize) -> usize {
         let mut freed = 0;
+        self.zone_trips += 1;
         while freed < count && self.count > 0 {
             // Find the next non-empty list; `count > 0` guarantees one.
             let mut pindex = self.free_pindex;

@@ -24,6 +24,8 @@ use crate::os::PAGE_SIZE;
 use crate::page::*;
 use crate::page_alloc::{Gfp, PageAllocator};
 use crate::sync::{Counter, RawLock};
+use core::sync::atomic::AtomicU32;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// The largest size served by a size class: 16 KiB. Above it a request
 /// takes whole pages, where rounding wastes under one page (at most 20% at
@@ -210,6 +212,11 @@ struct ClassInner {
     nr_transfer: usize,
     /// Σ slab_inuse over this class's slabs.
     inuse: usize,
+    /// Set by refills and flushes, cleared by purge ticks; a class idle for
+    /// four ticks (a decay time) gives back its transfer batches and empty
+    /// slabs.
+    used: bool,
+    idle_ticks: u8,
 }
 
 struct ClassEvents {
@@ -238,6 +245,8 @@ crate::sync::maybe_const_fn! {
                 transfer: [ptr::null_mut(); TRANSFER_SLOTS],
                 nr_transfer: 0,
                 inuse: 0,
+                used: false,
+                idle_ticks: 0,
             }),
             ev: ClassEvents {
                 refill: Counter::new(),
@@ -251,9 +260,17 @@ crate::sync::maybe_const_fn! {
 }
 
 /// The slab layer over one page allocator.
+///
+/// When `track_caches` is set (the process-wide instance), thread caches
+/// register themselves on their first refill so that statistics can count
+/// the objects they hold; `registry` links them, guarded by `registry_lock`,
+/// and `exited_*` keeps what exited threads' caches counted.
 pub struct SlabAllocator<'a> {
-    pages: &'a PageAllocator,
+    pub(crate) pages: &'a PageAllocator,
     classes: [CachePadded<SlabClass>; NR_CLASSES],
+    track_caches: bool,
+    registry_lock: RawLock,
+    registry: UnsafeCell<*mut ThreadCache>,
 }
 
 // SAFETY: each class's state is reached only under its lock; the page
@@ -272,8 +289,14 @@ fn class_array() -> [CachePadded<SlabClass>; NR_CLASSES] {
 }
 
 crate::sync::maybe_const_fn! {
-    pub(crate) fn slab_allocator_new(pages: &PageAllocator) -> SlabAllocator<'_> {
-        SlabAllocator { pages, classes: class_array() }
+    pub(crate) fn slab_allocator_new(pages: &PageAllocator, track_caches: bool) -> SlabAllocator<'_> {
+        SlabAllocator {
+            pages,
+            classes: class_array(),
+            track_caches,
+            registry_lock: RawLock::new(),
+            registry: UnsafeCell::new(ptr::null_mut()),
+        }
     }
 }
 
@@ -330,7 +353,7 @@ unsafe fn set_next(obj: *mut u8, next: *mut u8) {
 impl<'a> SlabAllocator<'a> {
     /// A slab layer over `pages`.
     pub fn new(pages: &'a PageAllocator) -> Self {
-        slab_allocator_new(pages)
+        slab_allocator_new(pages, false)
     }
 
     /// Runs `f` with class `c`'s lock held.
@@ -353,6 +376,7 @@ impl<'a> SlabAllocator<'a> {
         let batch = CLASSES[c].batch as usize;
         self.with_class(c, |inner, class| {
             class.ev.refill.inc();
+            inner.used = true;
             if inner.nr_transfer > 0 {
                 inner.nr_transfer -= 1;
                 class.ev.transfer_hit.inc();
@@ -377,7 +401,7 @@ impl<'a> SlabAllocator<'a> {
             if slab.slab_inuse.get() == 0 {
                 inner.nr_empty -= 1;
             }
-            let mut free = slab.slab_free.get();
+            let mut free = slab.slab_free();
             let mut taken = 0;
             while n < want && !free.is_null() {
                 let obj = free;
@@ -389,7 +413,7 @@ impl<'a> SlabAllocator<'a> {
                 n += 1;
                 taken += 1;
             }
-            slab.slab_free.set(free);
+            slab.set_slab_free(free);
             slab.slab_inuse.set(slab.slab_inuse.get() + taken);
             inner.inuse += taken as usize;
             if free.is_null() {
@@ -416,7 +440,7 @@ impl<'a> SlabAllocator<'a> {
         }
         d.slab_class.set(c as u8);
         d.slab_inuse.set(0);
-        d.slab_free.set(free);
+        d.set_slab_free(free);
         inner.partial.push_front(d);
         inner.nr_slabs += 1;
         inner.nr_empty += 1;
@@ -430,6 +454,7 @@ impl<'a> SlabAllocator<'a> {
     fn flush(&self, c: usize, head: *mut u8, n: usize) {
         self.with_class(c, |inner, class| {
             class.ev.flush.inc();
+            inner.used = true;
             if n == CLASSES[c].batch as usize && inner.nr_transfer < TRANSFER_SLOTS {
                 inner.transfer[inner.nr_transfer] = head;
                 inner.nr_transfer += 1;
@@ -453,10 +478,10 @@ impl<'a> SlabAllocator<'a> {
             // slabs are aligned to their size, so masking finds the head.
             let slab = unsafe { pfn_to_desc((obj as usize & slab_mask) >> PAGE_SHIFT) };
             debug_assert_eq!(slab.slab_class.get() as usize, c);
-            let free = slab.slab_free.get();
+            let free = slab.slab_free();
             // SAFETY: the object is free now and ours to link.
             unsafe { set_next(obj, free) };
-            slab.slab_free.set(obj);
+            slab.set_slab_free(obj);
             if free.is_null() {
                 inner.partial.push_front(slab);
             }
@@ -471,7 +496,7 @@ impl<'a> SlabAllocator<'a> {
                     inner.partial.push_back(slab);
                 } else {
                     inner.nr_slabs -= 1;
-                    slab.slab_free.set(ptr::null_mut());
+                    slab.set_slab_free(ptr::null_mut());
                     class.ev.slab_free.inc();
                     self.pages.free_block(slab, sc.slab_order as u32);
                 }
@@ -498,25 +523,130 @@ impl<'a> SlabAllocator<'a> {
     /// Gives every transfer batch's objects back to their slabs and every
     /// empty slab back to the page allocator.
     pub fn shrink(&self) {
+        for c in 0..NR_CLASSES {
+            self.with_class(c, |inner, class| self.release_cached(inner, class, c));
+        }
+    }
+
+    /// The purge tick's share: a class nobody refilled from or flushed to
+    /// for a whole decay time (four ticks) gives back its transfer batches
+    /// and empty slabs. Classes whose lock is busy are skipped, never waited
+    /// for: the tick may run under another class's lock.
+    pub fn decay(&self) {
+        for c in 0..NR_CLASSES {
+            let class = &*self.classes[c];
+            if !class.lock.try_lock() {
+                continue;
+            }
+            // SAFETY: we hold the class lock until the unlock below.
+            let inner = unsafe { &mut *class.inner.get() };
+            if inner.used {
+                inner.used = false;
+                inner.idle_ticks = 0;
+            } else if inner.nr_transfer > 0 || inner.nr_empty > 0 {
+                inner.idle_ticks = inner.idle_ticks.saturating_add(1);
+                if inner.idle_ticks >= 4 {
+                    self.release_cached(inner, class, c);
+                }
+            }
+            class.lock.unlock();
+        }
+    }
+
+    /// Releases a class's transfer batches to their slabs and its empty
+    /// slabs to the page allocator. Called under the class lock.
+    fn release_cached(&self, inner: &mut ClassInner, class: &SlabClass, c: usize) {
+        let sc = CLASSES[c];
+        while inner.nr_transfer > 0 {
+            inner.nr_transfer -= 1;
+            let head = inner.transfer[inner.nr_transfer];
+            self.release(inner, class, c, head, sc.batch as usize);
+        }
+        while inner.nr_empty > 0 {
+            let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
+            debug_assert_eq!(slab.slab_inuse.get(), 0);
+            inner.nr_empty -= 1;
+            inner.nr_slabs -= 1;
+            slab.set_slab_free(ptr::null_mut());
+            class.ev.slab_free.inc();
+            self.pages.free_block(slab, sc.slab_order as u32);
+        }
+    }
+
+    /// Bytes of slab pages, and bytes of objects out of their slabs (held
+    /// by the program, thread caches or transfer batches), over all classes.
+    pub(crate) fn slab_bytes(&self) -> (usize, usize) {
+        let (mut pages, mut objs) = (0, 0);
         for (c, sc) in CLASSES.iter().enumerate() {
-            self.with_class(c, |inner, class| {
-                while inner.nr_transfer > 0 {
-                    inner.nr_transfer -= 1;
-                    let head = inner.transfer[inner.nr_transfer];
-                    self.release(inner, class, c, head, sc.batch as usize);
-                }
-                let order = sc.slab_order as u32;
-                while inner.nr_empty > 0 {
-                    let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
-                    debug_assert_eq!(slab.slab_inuse.get(), 0);
-                    inner.nr_empty -= 1;
-                    inner.nr_slabs -= 1;
-                    slab.slab_free.set(ptr::null_mut());
-                    class.ev.slab_free.inc();
-                    self.pages.free_block(slab, order);
-                }
+            let (p, o) = self.with_class(c, |inner, _| (inner.nr_slabs << sc.slab_order, inner.inuse));
+            pages += p * PAGE_SIZE;
+            objs += o * sc.size as usize;
+        }
+        (pages, objs)
+    }
+
+    /// Bytes of free objects held by registered thread caches, and bytes in
+    /// transfer batches and empty slabs: memory that is resident but free.
+    pub fn cached_bytes(&self) -> usize {
+        let mut bytes = 0;
+        for (c, sc) in CLASSES.iter().enumerate() {
+            let slab_bytes = PAGE_SIZE << sc.slab_order;
+            bytes += self.with_class(c, |inner, _| {
+                inner.nr_transfer * sc.batch as usize * sc.size as usize + inner.nr_empty * slab_bytes
             });
         }
+        self.registry_lock.lock();
+        // SAFETY: the registry is guarded by its lock; registered caches stay
+        // alive until they unregister, which takes the same lock.
+        let mut tc = unsafe { *self.registry.get() };
+        // SAFETY (loop condition): as above, `tc` is null or a registered,
+        // live cache.
+        while let Some(cache) = unsafe { tc.as_ref() } {
+            bytes += cache.cached_bytes();
+            tc = cache.reg_next;
+        }
+        self.registry_lock.unlock();
+        bytes
+    }
+
+    /// Adds a thread cache to the registry.
+    ///
+    /// # Safety
+    /// `tc` must not move or be freed before `unregister(tc)`.
+    unsafe fn register(&self, tc: &mut ThreadCache) {
+        self.registry_lock.lock();
+        // SAFETY: guarded by the registry lock.
+        let head = unsafe { &mut *self.registry.get() };
+        tc.reg_prev = ptr::null_mut();
+        tc.reg_next = *head;
+        // SAFETY: registered caches are alive.
+        if let Some(h) = unsafe { head.as_mut() } {
+            h.reg_prev = tc;
+        }
+        *head = tc;
+        tc.registered = true;
+        self.registry_lock.unlock();
+    }
+
+    /// Removes a thread cache from the registry (thread exit).
+    pub(crate) fn unregister(&self, tc: &mut ThreadCache) {
+        if !tc.registered {
+            return;
+        }
+        self.registry_lock.lock();
+        // SAFETY: guarded by the registry lock; neighbours are registered,
+        // hence alive.
+        unsafe {
+            match tc.reg_prev.as_mut() {
+                Some(p) => p.reg_next = tc.reg_next,
+                None => *self.registry.get() = tc.reg_next,
+            }
+            if let Some(n) = tc.reg_next.as_mut() {
+                n.reg_prev = tc.reg_prev;
+            }
+        }
+        tc.registered = false;
+        self.registry_lock.unlock();
     }
 
     /// `/proc/slabinfo`'s line for class `c`.
@@ -557,7 +687,7 @@ impl<'a> SlabAllocator<'a> {
                     }
                     let base = pfn_to_addr(pfn) as usize;
                     let mut n = 0;
-                    let mut o = slab.slab_free.get();
+                    let mut o = slab.slab_free();
                     while !o.is_null() {
                         let off = (o as usize).wrapping_sub(base);
                         if off >= bytes || !off.is_multiple_of(sc.size as usize) || n > sc.objs as usize {
@@ -593,32 +723,53 @@ impl<'a> SlabAllocator<'a> {
         for class in &self.classes {
             class.lock.lock();
         }
+        self.registry_lock.lock();
     }
 
     /// Releases what `lock_all` took.
     pub(crate) fn unlock_all(&self) {
+        self.registry_lock.unlock();
         for class in self.classes.iter().rev() {
             class.lock.unlock();
         }
     }
 }
 
-/// One free-object list of a thread cache.
-#[derive(Copy, Clone)]
+/// One free-object list of a thread cache. `count` is an atomic only so that
+/// statistics may read it from another thread; its owner reads and writes it
+/// with plain relaxed loads and stores (ordinary `mov`s, no locked
+/// instruction).
 struct Bin {
     head: *mut u8,
-    count: u32,
+    count: AtomicU32,
+}
+
+impl Bin {
+    #[inline(always)]
+    fn count(&self) -> u32 {
+        self.count.load(Relaxed)
+    }
+    #[inline(always)]
+    fn set_count(&self, n: u32) {
+        self.count.store(n, Relaxed)
+    }
 }
 
 /// A thread's cache of free objects, one list per class. Owned by one
-/// thread, so alloc and free touch no atomic and take no lock while a list
-/// has objects (alloc) or room (free).
+/// thread, so alloc and free touch no atomic read-modify-write and take no
+/// lock while a list has objects (alloc) or room (free).
 ///
 /// Invariant: `bins[c]` is a list of exactly `count` free objects of class
 /// `c` (at most `CLASSES[c].max_cached`), linked through their first word;
-/// each counts as in use in its slab.
+/// each counts as in use in its slab. `reg_*` link the registered caches of
+/// a tracking slab layer, under its registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
+    /// When this cache last gave back the lists it was not using (ms).
+    last_gc_ms: u64,
+    registered: bool,
+    reg_next: *mut ThreadCache,
+    reg_prev: *mut ThreadCache,
 }
 
 impl Default for ThreadCache {
@@ -630,12 +781,23 @@ impl Default for ThreadCache {
 impl ThreadCache {
     /// An empty cache.
     pub const fn new() -> Self {
-        Self { bins: [Bin { head: ptr::null_mut(), count: 0 }; NR_CLASSES] }
+        Self {
+            bins: [const { Bin { head: ptr::null_mut(), count: AtomicU32::new(0) } }; NR_CLASSES],
+            last_gc_ms: 0,
+            registered: false,
+            reg_next: ptr::null_mut(),
+            reg_prev: ptr::null_mut(),
+        }
     }
 
     /// Objects cached for class `c`.
     pub fn cached(&self, c: usize) -> usize {
-        self.bins[c].count as usize
+        self.bins[c].count() as usize
+    }
+
+    /// Bytes of free objects this cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.bins.iter().zip(CLASSES.iter()).map(|(b, sc)| b.count() as usize * sc.size as usize).sum()
     }
 
     /// An object of class `c`: the fast path pops the cache's list.
@@ -646,7 +808,7 @@ impl ThreadCache {
         if !obj.is_null() {
             // SAFETY: `obj` heads this bin's list of free objects.
             bin.head = unsafe { next_of(obj) };
-            bin.count -= 1;
+            bin.set_count(bin.count() - 1);
             return obj;
         }
         self.refill(slabs, c)
@@ -655,14 +817,17 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn refill(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
-        debug_assert_eq!(self.bins[c].count, 0, "class {c}: an empty list with a count");
+        debug_assert_eq!(self.bins[c].count(), 0, "class {c}: an empty list with a count");
+        self.on_slow_path(slabs, c);
         let (head, n) = slabs.refill(c);
         if n == 0 {
             return ptr::null_mut();
         }
         // SAFETY: `head` is the first of `n` free objects handed to us.
         let rest = unsafe { next_of(head) };
-        self.bins[c] = Bin { head: rest, count: n as u32 - 1 };
+        let bin = &mut self.bins[c];
+        bin.head = rest;
+        bin.set_count(n as u32 - 1);
         head
     }
 
@@ -672,23 +837,30 @@ impl ThreadCache {
     /// `obj` must be a live object of class `c` from `slabs`, not used again.
     #[inline(always)]
     pub unsafe fn free(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
-        let bin = &mut self.bins[c];
-        if bin.count >= CLASSES[c].max_cached as u32 {
+        if self.bins[c].count() >= CLASSES[c].max_cached as u32 {
             self.flush(slabs, c);
         }
         let bin = &mut self.bins[c];
         // SAFETY: the object is free now and ours to link.
         unsafe { set_next(obj, bin.head) };
         bin.head = obj;
-        bin.count += 1;
+        bin.set_count(bin.count() + 1);
     }
 
     /// Hands one batch of class `c` back to the slab layer.
     #[cold]
     #[inline(never)]
     fn flush(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
-        let n = (CLASSES[c].batch as u32).min(self.bins[c].count);
+        self.on_slow_path(slabs, c);
+        self.flush_batch(slabs, c, CLASSES[c].batch as u32);
+    }
+
+    fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
         let bin = &mut self.bins[c];
+        let n = n.min(bin.count());
+        if n == 0 {
+            return;
+        }
         let head = bin.head;
         let mut last = head;
         for _ in 1..n {
@@ -697,20 +869,41 @@ impl ThreadCache {
         }
         // SAFETY: `last` is the n-th object of the list.
         bin.head = unsafe { next_of(last) };
-        bin.count -= n;
+        bin.set_count(bin.count() - n);
         // SAFETY: `last` is ours; cut the batch off the rest of the list.
         unsafe { set_next(last, ptr::null_mut()) };
         slabs.flush(c, head, n as usize);
     }
 
+    /// What a refill or flush does besides its own work, being on a slow
+    /// path anyway: register the cache (first time), give back every other
+    /// class's list once per decay time (a list in steady use costs one
+    /// refill per decay time to rebuild; an idle one stops pinning memory),
+    /// and run a purge tick of the page allocator if one is due.
+    #[inline]
+    fn on_slow_path(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
+        if slabs.track_caches && !self.registered {
+            // SAFETY: only the process-wide slab layer tracks caches, and its
+            // caches live in thread-local storage, which does not move and
+            // unregisters in its destructor.
+            unsafe { slabs.register(self) };
+        }
+        let now = slabs.pages.now_ms();
+        if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
+            self.last_gc_ms = now;
+            for other in (0..NR_CLASSES).filter(|&o| o != c) {
+                let count = self.bins[other].count();
+                self.flush_batch(slabs, other, count);
+            }
+        }
+        slabs.pages.maybe_purge();
+    }
+
     /// Gives every cached object back (thread exit, `trim`).
     pub fn flush_all(&mut self, slabs: &SlabAllocator<'_>) {
         for c in 0..NR_CLASSES {
-            let bin = self.bins[c];
-            if bin.count > 0 {
-                self.bins[c] = Bin { head: ptr::null_mut(), count: 0 };
-                slabs.with_class(c, |inner, class| slabs.release(inner, class, c, bin.head, bin.count as usize));
-            }
+            let count = self.bins[c].count();
+            self.flush_batch(slabs, c, count);
         }
     }
 }

@@ -103,6 +103,14 @@ pub struct VmStat {
     pub drain_all: u64,
     /// Sections mapped by the slow path's growth step.
     pub slowpath_grow: u64,
+    /// Purge ticks run (at most one per quarter of the decay time).
+    pub purge_ticks: u64,
+    /// `madvise` calls made to give memory back.
+    pub purge_calls: u64,
+    /// Pages given back to the OS.
+    pub purged_pages: u64,
+    /// PCPs drained because nobody used them for a whole decay time.
+    pub pcp_decay_drains: u64,
 }
 
 impl fmt::Display for VmStat {
@@ -121,6 +129,10 @@ impl fmt::Display for VmStat {
             ("slowpath", self.slowpath),
             ("drain_all", self.drain_all),
             ("slowpath_grow", self.slowpath_grow),
+            ("purge_ticks", self.purge_ticks),
+            ("purge_calls", self.purge_calls),
+            ("purged_pages", self.purged_pages),
+            ("pcp_decay_drains", self.pcp_decay_drains),
         ];
         for (name, value) in rows {
             writeln!(f, "{name} {value}")?;
@@ -272,6 +284,64 @@ impl fmt::Display for SlabInfo {
                 c.flushes,
                 c.transfer_hits
             )?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the allocator's memory is, in bytes. Reading it allocates nothing.
+///
+/// `resident ≈ active + cached + metadata` (the slab layer's free objects are
+/// inside `active`, so they are counted once, in `cached`, only when they sit
+/// in thread caches, transfer batches or empty slabs), and
+/// `mapped = resident + retained` up to untouched metadata and huge-block
+/// pages the program never touched.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes in live objects and live page blocks: small objects in their
+    /// size class's size, large and huge blocks as requested, page-API
+    /// blocks in whole pages.
+    pub allocated: usize,
+    /// Bytes in pages that hold live data: slabs, large blocks, page-API
+    /// blocks, huge mappings.
+    pub active: usize,
+    /// Bytes the allocator holds that are backed by physical memory: its
+    /// share of the process's RSS.
+    pub resident: usize,
+    /// Bytes resident but free: PCP lists, thread caches, transfer batches,
+    /// empty slabs, and free blocks not purged yet.
+    pub cached: usize,
+    /// Bytes mapped but given back to the OS (purged, or never touched).
+    pub retained: usize,
+    /// Bytes of address space mapped: sections (metadata included) and huge blocks.
+    pub mapped: usize,
+    /// Bytes of page descriptors covering resident memory, section headers,
+    /// and the allocator's static tables.
+    pub metadata: usize,
+    /// `madvise` calls made to give memory back.
+    pub purge_calls: u64,
+    /// Bytes given back to the OS by purging so far.
+    pub purged_bytes: u64,
+    /// Purge ticks run.
+    pub purge_ticks: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = [
+            ("allocated", self.allocated as u64),
+            ("active", self.active as u64),
+            ("resident", self.resident as u64),
+            ("cached", self.cached as u64),
+            ("retained", self.retained as u64),
+            ("mapped", self.mapped as u64),
+            ("metadata", self.metadata as u64),
+            ("purge_calls", self.purge_calls),
+            ("purged_bytes", self.purged_bytes),
+            ("purge_ticks", self.purge_ticks),
+        ];
+        for (name, value) in rows {
+            writeln!(f, "{name:<13} {value}")?;
         }
         Ok(())
     }

@@ -164,7 +164,12 @@ impl Counter {
     /// locked read-modify-write).
     #[inline]
     pub(crate) fn inc_shared(&self) {
-        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        self.add_shared(1)
+    }
+    /// Adds `n` from any thread, without a lock.
+    #[inline]
+    pub(crate) fn add_shared(&self, n: u64) {
+        self.0.fetch_add(n, core::sync::atomic::Ordering::Relaxed);
     }
     #[inline]
     pub(crate) fn get(&self) -> u64 {

@@ -16,8 +16,17 @@ pub(crate) const MAX_SECTIONS: usize = 4096;
 
 /// One `free_area[order]`: a free list per migratetype and the count of
 /// free blocks of this order over all of them.
+///
+/// Each migratetype has two lists: `free_list` holds *dirty* blocks (free
+/// but resident), newest at the head, so its tail is the block that has been
+/// free longest; `purged_list` holds blocks whose memory is not resident
+/// (never touched, or given back with `madvise`). The kernel keeps reported
+/// pages at the tail of one list; two lists make the boundary explicit, so
+/// allocation prefers resident memory and purging finds the oldest dirty
+/// block at a list's tail in O(1).
 pub(crate) struct FreeArea {
     pub(crate) free_list: [List; MIGRATE_TYPES],
+    pub(crate) purged_list: [List; MIGRATE_TYPES],
     pub(crate) nr_free: usize,
 }
 
@@ -31,10 +40,22 @@ pub(crate) struct FreeArea {
 ///   `free_pages` is `Σ nr_free[o] << o`;
 /// * free blocks never overlap each other or a block handed out, and no two
 ///   free buddies of the same order below `MAX_PAGE_ORDER` are left unmerged;
-/// * `sections[..nr_sections]` are the sections added by `grow`, in order.
+/// * `sections[..nr_sections]` are the sections added by `grow`, in order;
+/// * a block is on a `purged_list` iff its head has `PG_PURGED`, and
+///   `purged_pages` counts their pages; a dirty block's `private` is the
+///   time it became free;
+/// * `Isolated` blocks (being purged outside the lock) are on no list and
+///   counted nowhere but `isolated_pages`.
 pub(crate) struct ZoneInner {
     pub(crate) free_area: [FreeArea; NR_PAGE_ORDERS],
     pub(crate) free_pages: usize,
+    /// Free pages whose memory is not resident.
+    pub(crate) purged_pages: usize,
+    /// Pages taken off the lists by a purge in progress.
+    pub(crate) isolated_pages: usize,
+    /// The time stamped on blocks freed now (coarse ms, set by the caller
+    /// that took the lock: reading the clock is not free).
+    pub(crate) now_ms: u64,
     /// Pages of all sections handed to the buddy allocator.
     pub(crate) managed_pages: usize,
     pub(crate) sections: [*const Section; MAX_SECTIONS],
@@ -48,6 +69,9 @@ pub(crate) struct Zone {
     inner: UnsafeCell<ZoneInner>,
     /// Zone-lock acquisitions; counted outside the lock so it can count them.
     pub(crate) lock_count: Counter,
+    /// The latest coarse time read by any allocator path (ms); copied into
+    /// `ZoneInner::now_ms` when the lock is taken, to stamp freed blocks.
+    pub(crate) clock_ms: core::sync::atomic::AtomicU64,
 }
 
 // SAFETY: `inner` is only reached through `Zone::lock`, which serialises
@@ -88,15 +112,24 @@ crate::sync::maybe_const_fn! {
         Zone {
             lock: RawLock::new(),
             inner: UnsafeCell::new(ZoneInner {
-                free_area: [const { FreeArea { free_list: [const { List::new() }; MIGRATE_TYPES], nr_free: 0 } };
-                    NR_PAGE_ORDERS],
+                free_area: [const {
+                    FreeArea {
+                        free_list: [const { List::new() }; MIGRATE_TYPES],
+                        purged_list: [const { List::new() }; MIGRATE_TYPES],
+                        nr_free: 0,
+                    }
+                }; NR_PAGE_ORDERS],
                 free_pages: 0,
+                purged_pages: 0,
+                isolated_pages: 0,
+                now_ms: 0,
                 managed_pages: 0,
                 sections: [core::ptr::null(); MAX_SECTIONS],
                 nr_sections: 0,
                 ev: ZoneEvents::new(),
             }),
             lock_count: Counter::new(),
+            clock_ms: core::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -107,7 +140,9 @@ impl Zone {
     pub(crate) fn lock(&self) -> ZoneGuard<'_> {
         self.lock.lock();
         self.lock_count.inc();
-        ZoneGuard { zone: self }
+        let mut guard = ZoneGuard { zone: self };
+        guard.now_ms = self.clock_ms.load(core::sync::atomic::Ordering::Relaxed);
+        guard
     }
 
     /// Reads the zone without its lock, for statistics only: the values may
@@ -139,16 +174,25 @@ pub struct CheckError {
 }
 
 impl ZoneInner {
+    /// Puts a free block on its list: `purged_list` if its `PG_PURGED` flag
+    /// says it is not resident, else `free_list` (the caller has set its
+    /// free-since time in `private`).
     #[inline]
     fn add_to_free_list(&mut self, d: &PageDesc, order: u32, mt: MigrateType, tail: bool) {
         d.state.set(PageState::Buddy);
         d.order.set(order as u8);
         d.migratetype.set(mt);
         let area = &mut self.free_area[order as usize];
-        if tail {
-            area.free_list[mt as usize].push_back(d);
+        let list = if d.flags.get() & PG_PURGED != 0 {
+            self.purged_pages += 1 << order;
+            &mut area.purged_list[mt as usize]
         } else {
-            area.free_list[mt as usize].push_front(d);
+            &mut area.free_list[mt as usize]
+        };
+        if tail {
+            list.push_back(d);
+        } else {
+            list.push_front(d);
         }
         area.nr_free += 1;
         self.free_pages += 1 << order;
@@ -158,16 +202,22 @@ impl ZoneInner {
     fn del_from_free_list(&mut self, d: &PageDesc) {
         let order = d.order.get() as usize;
         let area = &mut self.free_area[order];
-        area.free_list[d.migratetype.get() as usize].remove(d);
+        if d.flags.get() & PG_PURGED != 0 {
+            area.purged_list[d.migratetype.get() as usize].remove(d);
+            self.purged_pages -= 1 << order;
+        } else {
+            area.free_list[d.migratetype.get() as usize].remove(d);
+        }
         area.nr_free -= 1;
         self.free_pages -= 1 << order;
         d.state.set(PageState::Tail);
     }
 
-    /// The first block on `free_area[order].free_list[mt]`.
+    /// The first block of `free_area[order]` for `mt`: resident memory first.
     #[inline]
     fn get_page_from_free_area(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
-        self.free_area[order as usize].free_list[mt as usize].first()
+        let area = &self.free_area[order as usize];
+        area.free_list[mt as usize].first().or_else(|| area.purged_list[mt as usize].first())
     }
 
     /// Splits a block of order `high` down to order `low`, putting each upper
@@ -175,13 +225,14 @@ impl ZoneInner {
     /// `2^low` pages.
     fn expand(&mut self, d: &PageDesc, low: u32, mut high: u32, mt: MigrateType) {
         let pfn = desc_to_pfn(d);
-        let zeroed = d.flags.get() & PG_ZEROED;
+        let (flags, since) = (d.flags.get(), d.private.get());
         while high > low {
             high -= 1;
             // SAFETY: the upper half lies inside the block being split, which
             // is inside a live section.
             let half = unsafe { pfn_to_desc(pfn + (1 << high)) };
-            half.flags.set(zeroed);
+            half.flags.set(flags);
+            half.private.set(since);
             self.add_to_free_list(half, high, mt, false);
         }
     }
@@ -212,9 +263,7 @@ impl ZoneInner {
             if d.state.get() == PageState::Buddy {
                 let order = d.order.get() as u32;
                 if d.migratetype.get() != mt {
-                    let zeroed = d.flags.get();
                     self.del_from_free_list(d);
-                    d.flags.set(zeroed);
                     self.add_to_free_list(d, order, mt, false);
                 }
                 moved += 1 << order;
@@ -242,14 +291,12 @@ impl ZoneInner {
                 crate::trace::extfrag(order, mt, o, fmt);
                 if o >= PAGEBLOCK_ORDER {
                     // The block spans whole pageblocks: claim them all.
-                    let zeroed = d.flags.get();
                     self.del_from_free_list(d);
                     let mut pb = pfn;
                     while pb < pfn + (1 << o) {
                         sec.set_pageblock_migratetype(pb, mt);
                         pb += 1 << PAGEBLOCK_ORDER;
                     }
-                    d.flags.set(zeroed);
                     self.add_to_free_list(d, o, mt, false);
                 } else if o >= PAGEBLOCK_ORDER / 2 || mt == MIGRATE_UNMOVABLE {
                     let free = self.move_freepages_block(sec, pfn, mt);
@@ -295,13 +342,15 @@ impl ZoneInner {
 
     /// `__free_one_page`: puts a block back, merging it with its buddy (found
     /// by XOR of the frame number) for as long as the buddy is free and of the
-    /// same order.
+    /// same order. `d.flags` says whether the block is zero and resident; the
+    /// merged block is zero (or purged) only if every part was, and a dirty
+    /// result counts as free since now.
     pub(crate) fn free_one_page(&mut self, d: &'static PageDesc, mut order: u32) {
         let mut pfn = desc_to_pfn(d);
         // SAFETY: `d` is the head of a block inside a live section.
         let sec = unsafe { section_of(pfn << PAGE_SHIFT) };
         let mt = sec.pageblock_migratetype(pfn);
-        let mut zeroed = d.flags.get() & PG_ZEROED;
+        let mut flags = d.flags.get();
         d.state.set(PageState::Tail);
         crate::trace::event(crate::trace::Fn::FreeOnePage, order, mt);
         while order < MAX_PAGE_ORDER {
@@ -313,7 +362,7 @@ impl ZoneInner {
             if buddy.state.get() != PageState::Buddy || buddy.order.get() as u32 != order {
                 break;
             }
-            zeroed &= buddy.flags.get();
+            flags &= buddy.flags.get();
             self.del_from_free_list(buddy);
             if order >= PAGEBLOCK_ORDER {
                 // Merging whole pageblocks: the merged block is one type.
@@ -328,7 +377,8 @@ impl ZoneInner {
             crate::trace::event(crate::trace::Fn::MergeBuddy, order, mt);
         }
         let head = sec.desc_at(pfn - sec.base_pfn());
-        head.flags.set(zeroed);
+        head.flags.set(flags);
+        head.private.set(self.now_ms as usize);
         // `buddy_merge_likely`: if the next-higher buddy is free, this block
         // is likely to merge soon; put it at the tail so it is not handed out
         // first.
@@ -348,7 +398,7 @@ impl ZoneInner {
         self.nr_sections += 1;
         let base = sec.base_pfn();
         let (start, end) = (base + sec.first_pfn_offset, base + sec.nr_pages);
-        self.add_range(sec, start, end, PG_ZEROED, true);
+        self.add_range(sec, start, end, PG_ZEROED | PG_PURGED, true);
         self.managed_pages += end - start;
     }
 
@@ -398,22 +448,22 @@ impl ZoneInner {
         while p < end {
             let (h, o) = containing(p).expect("checked above");
             let d = sec.desc_at(h - base);
-            let flags = d.flags.get();
+            let (flags, since) = (d.flags.get(), d.private.get());
             let mt = d.migratetype.get();
             self.del_from_free_list(d);
             let block_end = h + (1 << o);
             if h < start {
-                self.add_range_mt(sec, h, start, flags, mt);
+                self.add_range_mt(sec, h, start, flags, since, mt);
             }
             if block_end > end {
-                self.add_range_mt(sec, end, block_end, flags, mt);
+                self.add_range_mt(sec, end, block_end, flags, since, mt);
             }
             p = block_end;
         }
         true
     }
 
-    fn add_range_mt(&mut self, sec: &Section, mut start: usize, end: usize, flags: u8, mt: MigrateType) {
+    fn add_range_mt(&mut self, sec: &Section, mut start: usize, end: usize, flags: u8, since: usize, mt: MigrateType) {
         while start < end {
             let mut order = start.trailing_zeros().min(MAX_PAGE_ORDER);
             while start + (1 << order) > end {
@@ -421,20 +471,71 @@ impl ZoneInner {
             }
             let d = sec.desc_at(start - sec.base_pfn());
             d.flags.set(flags);
+            d.private.set(since);
             self.add_to_free_list(d, order, mt, false);
             start += 1 << order;
         }
     }
 
+    /// Takes the dirty blocks that have been free for at least `decay_ms` off
+    /// the free lists for purging, largest orders first and oldest first
+    /// within a list, up to `max_pages` pages or `out.len()` blocks. They are
+    /// marked `Isolated` so that nothing allocates or merges them while the
+    /// caller gives their memory back without the lock. Returns how many.
+    pub(crate) fn isolate_for_purge(
+        &mut self,
+        now: u64,
+        decay_ms: u64,
+        max_pages: usize,
+        out: &mut [Option<(&'static PageDesc, u32)>],
+    ) -> usize {
+        let (mut n, mut pages) = (0, 0);
+        for order in (0..=MAX_PAGE_ORDER).rev() {
+            for mt in 0..MIGRATE_TYPES {
+                while n < out.len() && pages < max_pages {
+                    let Some(d) = self.free_area[order as usize].free_list[mt].last() else { break };
+                    if now.saturating_sub(d.private.get() as u64) < decay_ms {
+                        break;
+                    }
+                    self.del_from_free_list(d);
+                    d.state.set(PageState::Isolated);
+                    d.order.set(order as u8);
+                    self.isolated_pages += 1 << order;
+                    out[n] = Some((d, order));
+                    n += 1;
+                    pages += 1 << order;
+                }
+            }
+        }
+        n
+    }
+
+    /// Puts an isolated block back after its memory was given to the OS: it
+    /// is no longer resident, and zero if `zeroed` (`MADV_DONTNEED`).
+    /// If the OS refused (`purged` false) the block goes back dirty.
+    pub(crate) fn putback_purged(&mut self, d: &'static PageDesc, order: u32, purged: bool, zeroed: bool) {
+        debug_assert_eq!(d.state.get(), PageState::Isolated);
+        self.isolated_pages -= 1 << order;
+        let flags = if purged { PG_PURGED } else { 0 } | if zeroed { PG_ZEROED } else { 0 };
+        d.flags.set(flags);
+        self.free_one_page(d, order);
+    }
+
     /// Verifies every invariant listed on [`ZoneInner`], by walking the free
     /// lists and then every section's pages block by block. Blocks on PCP
-    /// lists and handed out must have head descriptors; a page that no block
-    /// head covers is reported as lost.
+    /// lists, handed out or isolated for purging must have head descriptors;
+    /// a page that no block head covers is reported as lost.
     pub(crate) fn check(&self) -> Result<(), CheckError> {
-        let mut pages = 0;
+        let (mut pages, mut purged) = (0, 0);
         for (o, area) in self.free_area.iter().enumerate() {
             let mut n = 0;
-            for (mt, list) in area.free_list.iter().enumerate() {
+            let lists = area
+                .free_list
+                .iter()
+                .enumerate()
+                .map(|(mt, l)| (mt, l, 0))
+                .chain(area.purged_list.iter().enumerate().map(|(mt, l)| (mt, l, PG_PURGED)));
+            for (mt, list, want_purged) in lists {
                 let mut prev: *const PageDesc = core::ptr::null();
                 for d in list.iter() {
                     let pfn = desc_to_pfn(d);
@@ -451,6 +552,12 @@ impl ZoneInner {
                     if pfn & ((1 << o) - 1) != 0 {
                         return Err(CheckError { what: "free block not aligned to its order", pfn });
                     }
+                    if d.flags.get() & PG_PURGED != want_purged {
+                        return Err(CheckError { what: "purged and dirty blocks on the wrong lists", pfn });
+                    }
+                    if want_purged != 0 {
+                        purged += 1 << o;
+                    }
                     n += 1;
                 }
                 if list.last().map(|l| l as *const PageDesc) != (!prev.is_null()).then_some(prev) {
@@ -464,6 +571,9 @@ impl ZoneInner {
         }
         if pages != self.free_pages {
             return Err(CheckError { what: "free_pages does not match the free lists", pfn: pages });
+        }
+        if purged != self.purged_pages {
+            return Err(CheckError { what: "purged_pages does not match the purged lists", pfn: purged });
         }
         let mut walked_free = 0;
         for &sec in &self.sections[..self.nr_sections] {
