@@ -259,13 +259,21 @@ unsafe impl GlobalAlloc for PcpAlloc {
             (Kind::Small(a), Kind::Small(b)) if a == b => return ptr,
             (Kind::Large { npages: old, .. }, Kind::Large { npages: new, .. })
                 // SAFETY: `ptr` is a live large block of `old` pages.
-                if unsafe { large::resize_large(&PAGES, nn, old, new) } => {
-                    return ptr;
-                }
+                if unsafe { large::resize_large(&PAGES, nn, old, new) } =>
+            {
+                LARGE_PAGES.fetch_add(new.wrapping_sub(old), Ordering::Relaxed);
+                LARGE_REQUESTED.fetch_add(new_size.wrapping_sub(layout.size()), Ordering::Relaxed);
+                return ptr;
+            }
             (Kind::Huge, Kind::Huge) if align <= crate::PAGE_SIZE => {
                 // SAFETY: `ptr` is a live huge mapping of the old size.
                 return match unsafe { large::realloc_huge(nn, layout.size(), new_size) } {
-                    Some(p) => p.as_ptr(),
+                    Some(p) => {
+                        let grown = huge_len(new_size).wrapping_sub(huge_len(layout.size()));
+                        HUGE_MAPPED.fetch_add(grown, Ordering::Relaxed);
+                        LARGE_REQUESTED.fetch_add(new_size.wrapping_sub(layout.size()), Ordering::Relaxed);
+                        p.as_ptr()
+                    }
                     None => ptr::null_mut(),
                 };
             }
@@ -435,12 +443,12 @@ pub fn stats() -> crate::stats::Stats {
     let huge = HUGE_MAPPED.load(Ordering::Relaxed);
     let large_pages = LARGE_PAGES.load(Ordering::Relaxed);
     // Page-API blocks: pages in use that are neither slabs nor large blocks.
-    let page_api = (pc.in_use() * ps).saturating_sub(slab_pages + large_pages * ps);
+    let page_api = (pc.in_use() * ps).saturating_sub(slab_pages.saturating_add(large_pages.saturating_mul(ps)));
     let allocated = slab_objs.saturating_sub(slab_cached) + LARGE_REQUESTED.load(Ordering::Relaxed) + page_api;
     let active = pc.in_use() * ps + huge;
-    let dirty = (pc.free - pc.purged) * ps;
+    let dirty = pc.free.saturating_sub(pc.purged) * ps;
     let metadata = pc.nr_sections * ps
-        + (pc.managed - pc.purged) * core::mem::size_of::<crate::page::PageDesc>()
+        + pc.managed.saturating_sub(pc.purged) * core::mem::size_of::<crate::page::PageDesc>()
         + core::mem::size_of_val(&PAGES)
         + core::mem::size_of_val(&SLABS);
     crate::stats::Stats {

@@ -134,6 +134,13 @@ pub(crate) struct PageDesc {
 const _: () = assert!(core::mem::size_of::<PageDesc>() == 32);
 
 impl PageDesc {
+    /// The entry before this one on its list (towards the head).
+    #[inline]
+    pub(crate) fn prev_entry(&self) -> Option<&'static PageDesc> {
+        // SAFETY: list neighbours are live descriptors.
+        unsafe { self.prev.get().as_ref() }
+    }
+
     /// A slab's list of free objects.
     #[inline]
     pub(crate) fn slab_free(&self) -> *mut u8 {

@@ -213,7 +213,7 @@ pub(crate) struct PageCounts {
 impl PageCounts {
     /// Pages handed out: slabs, large blocks, page-API blocks.
     pub(crate) fn in_use(&self) -> usize {
-        self.managed - self.free - self.pcp - self.isolated
+        self.managed.saturating_sub(self.free + self.pcp + self.isolated)
     }
 }
 
@@ -807,8 +807,9 @@ impl PageAllocator {
         let mut info = BuddyInfo::default();
         for (o, area) in zone.free_area.iter().enumerate() {
             info.nr_free[o] = area.nr_free;
-            for (mt, list) in area.free_list.iter().enumerate() {
-                info.per_type[mt][o] = list.iter().count();
+            // Purged blocks are free blocks too: count both lists.
+            for mt in 0..MIGRATE_TYPES {
+                info.per_type[mt][o] = area.free_list[mt].iter().count() + area.purged_list[mt].iter().count();
             }
         }
         info

@@ -157,6 +157,9 @@ impl Zone {
     }
 }
 
+/// Blocks younger than the decay time a purge scan looks past, per list.
+const PURGE_SCAN_YOUNG: usize = 16;
+
 /// Fallback order when a migratetype's lists are empty (`fallbacks[]`).
 const FALLBACKS: [[MigrateType; 2]; MIGRATE_TYPES] = [
     [MIGRATE_RECLAIMABLE, MIGRATE_MOVABLE],   // UNMOVABLE
@@ -344,13 +347,16 @@ impl ZoneInner {
     /// by XOR of the frame number) for as long as the buddy is free and of the
     /// same order. `d.flags` says whether the block is zero and resident; the
     /// merged block is zero (or purged) only if every part was, and a dirty
-    /// result counts as free since now.
+    /// result counts as free since its *oldest* dirty part (the block just
+    /// freed counts from now): a merge must not make old dirty memory look
+    /// young, or purging a block next to a busy one would never finish.
     pub(crate) fn free_one_page(&mut self, d: &'static PageDesc, mut order: u32) {
         let mut pfn = desc_to_pfn(d);
         // SAFETY: `d` is the head of a block inside a live section.
         let sec = unsafe { section_of(pfn << PAGE_SHIFT) };
         let mt = sec.pageblock_migratetype(pfn);
         let mut flags = d.flags.get();
+        let mut since = if flags & PG_PURGED == 0 { self.now_ms } else { u64::MAX };
         d.state.set(PageState::Tail);
         crate::trace::event(crate::trace::Fn::FreeOnePage, order, mt);
         while order < MAX_PAGE_ORDER {
@@ -363,6 +369,9 @@ impl ZoneInner {
                 break;
             }
             flags &= buddy.flags.get();
+            if buddy.flags.get() & PG_PURGED == 0 {
+                since = since.min(buddy.private.get() as u64);
+            }
             self.del_from_free_list(buddy);
             if order >= PAGEBLOCK_ORDER {
                 // Merging whole pageblocks: the merged block is one type.
@@ -378,7 +387,7 @@ impl ZoneInner {
         }
         let head = sec.desc_at(pfn - sec.base_pfn());
         head.flags.set(flags);
-        head.private.set(self.now_ms as usize);
+        head.private.set(if since == u64::MAX { self.now_ms } else { since } as usize);
         // `buddy_merge_likely`: if the next-higher buddy is free, this block
         // is likely to merge soon; put it at the tail so it is not handed out
         // first.
@@ -492,10 +501,16 @@ impl ZoneInner {
         let (mut n, mut pages) = (0, 0);
         for order in (0..=MAX_PAGE_ORDER).rev() {
             for mt in 0..MIGRATE_TYPES {
-                while n < out.len() && pages < max_pages {
-                    let Some(d) = self.free_area[order as usize].free_list[mt].last() else { break };
+                // Oldest at the tail, but a merge can put an old block nearer
+                // the head: look past a few young ones.
+                let mut cursor = self.free_area[order as usize].free_list[mt].last();
+                let mut young = 0;
+                while n < out.len() && pages < max_pages && young < PURGE_SCAN_YOUNG {
+                    let Some(d) = cursor else { break };
+                    cursor = d.prev_entry();
                     if now.saturating_sub(d.private.get() as u64) < decay_ms {
-                        break;
+                        young += 1;
+                        continue;
                     }
                     self.del_from_free_list(d);
                     d.state.set(PageState::Isolated);
