@@ -26,3 +26,14 @@ impl<const N: usize> core::fmt::Write for StackBuf<N> {
         Ok(())
     }
 }
+
+/// A `core::fmt::Write` sink that writes straight to standard error, for
+/// reports longer than a stack buffer (`PCPALLOC_STATS=1` at exit).
+pub(crate) struct Stderr;
+
+impl core::fmt::Write for Stderr {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        crate::os::write_stderr(s.as_bytes());
+        Ok(())
+    }
+}

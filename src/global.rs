@@ -341,6 +341,28 @@ pub(crate) fn on_first_grow() {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
     apply_env_overrides();
+    if getenv(c"PCPALLOC_STATS") == Some(b"1") {
+        // SAFETY: registering a plain function to run at `exit`.
+        unsafe { libc::atexit(print_stats_at_exit) };
+    }
+}
+
+/// `PCPALLOC_STATS=1`: the allocator's state, as `/proc` would show it, on
+/// standard error when the process exits. Formats straight to the file
+/// descriptor: nothing is allocated.
+extern "C" fn print_stats_at_exit() {
+    use core::fmt::Write;
+    let mut w = crate::fmt::Stderr;
+    let buddy = PAGES.buddyinfo();
+    let _ = write!(
+        w,
+        "pcpalloc statistics at exit\n\n/proc/buddyinfo\n{buddy}\n/proc/pagetypeinfo\n{}\n/proc/zoneinfo\n{}\n/proc/vmstat\n{}\n/proc/slabinfo\n{}\nstats\n{}",
+        buddy.pagetypeinfo(),
+        PAGES.zoneinfo(),
+        PAGES.vmstat(),
+        slabinfo(),
+        stats()
+    );
 }
 
 /// The purge tick's hook: the slab layer decays its idle caches.

@@ -28,7 +28,7 @@ mod pcp;
 mod slab;
 mod stats;
 mod sync;
-mod trace;
+pub mod trace;
 mod zone;
 
 #[cfg(not(loom))]

@@ -17,6 +17,7 @@ use crate::page::*;
 use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, PerCpuPages};
 use crate::stats::{BuddyInfo, VmStat, ZoneInfo};
 use crate::sync::{AtomicUsize, Counter, Ordering, RawLock};
+use crate::trace::{self, Fn};
 use crate::zone::{map_section, zone_new, CheckError, Zone, MAX_SECTIONS};
 
 /// Most CPUs with a PCP of their own; CPU ids beyond wrap around (correct,
@@ -336,18 +337,21 @@ impl PageAllocator {
         if order > MAX_PAGE_ORDER {
             return None;
         }
+        let _t = trace::enter(Fn::AllocPagesInternal, order, mt);
         let d = match self.get_page_from_freelist(order, mt) {
             Some(d) => d,
             None => self.alloc_pages_slowpath(gfp, order, mt)?,
         };
         d.state.set(PageState::Allocated);
         d.order.set(order as u8);
+        trace::point(Fn::MmPageAlloc, order, mt, u32::MAX, 0, desc_to_pfn(d));
         Some(d)
     }
 
     /// `get_page_from_freelist`: the first attempt, without the slow path.
     #[inline]
     fn get_page_from_freelist(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::GetPageFromFreelist, order, mt);
         self.rmqueue(order, mt)
     }
 
@@ -355,6 +359,7 @@ impl PageAllocator {
     /// this CPU's PCP is busy.
     #[inline]
     fn rmqueue(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::Rmqueue, order, mt);
         if order <= PAGE_ALLOC_COSTLY_ORDER {
             match self.rmqueue_pcplist(order, mt) {
                 PcpResult::Got(d) => return Some(d),
@@ -368,6 +373,7 @@ impl PageAllocator {
     /// `rmqueue_pcplist`: try-lock this CPU's PCP and take from its list.
     #[inline]
     fn rmqueue_pcplist(&self, order: u32, mt: MigrateType) -> PcpResult {
+        let _t = trace::enter(Fn::RmqueuePcplist, order, mt);
         let pcp = self.this_pcp();
         if !pcp.lock.try_lock() {
             pcp.trylock_fail.inc_shared();
@@ -390,6 +396,7 @@ impl PageAllocator {
 
     /// `rmqueue_buddy`: one block straight from the zone.
     fn rmqueue_buddy(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::RmqueueBuddy, order, mt);
         let d = {
             let mut zone = self.zone.lock();
             let d = zone.rmqueue(order, mt)?;
@@ -407,6 +414,7 @@ impl PageAllocator {
     #[cold]
     #[inline(never)]
     fn alloc_pages_slowpath(&self, gfp: Gfp, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::AllocPagesSlowpath, order, mt);
         self.ev.slowpath.inc_shared();
         self.drain_all_pages();
         if let Some(d) = self.rmqueue_buddy(order, mt) {
@@ -477,6 +485,7 @@ impl PageAllocator {
     /// batch per hold of the zone lock so that other CPUs are not kept out
     /// for long. Called with no PCP lock held.
     pub fn drain_all_pages(&self) {
+        let _t = trace::enter(Fn::DrainAllPages, 0, 0);
         self.ev.drain_all.inc_shared();
         for pcp in &self.pcp[..self.nr_cpus()] {
             pcp.lock.lock();
@@ -499,6 +508,8 @@ impl PageAllocator {
     #[inline]
     pub(crate) fn free_block(&self, d: &'static PageDesc, order: u32) {
         free_pages_prepare(d, order);
+        let _t = trace::enter(Fn::FreeUnrefPage, order, d.migratetype.get());
+        trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
         if order <= PAGE_ALLOC_COSTLY_ORDER {
             let pcp = self.this_pcp();
             if pcp.lock.try_lock() {
@@ -693,6 +704,7 @@ impl PageAllocator {
     /// `alloc_pages`: a block of `2^order` pages aligned to its size, or
     /// `None` if `order > MAX_PAGE_ORDER` or memory cannot be had.
     pub fn alloc_pages(&self, gfp: Gfp, order: u32) -> Option<Page> {
+        let _t = trace::enter(Fn::AllocPages, order, gfp.migratetype());
         let d = self.alloc_block(gfp, order, gfp.migratetype())?;
         Some(Page { ptr: desc_ptr(d) })
     }
@@ -702,6 +714,7 @@ impl PageAllocator {
     /// order) aborts the process with a message naming it (`bad_page`).
     pub fn free_pages(&self, page: Page, order: u32) {
         let d = page_desc(&page);
+        let _t = trace::enter(Fn::FreePages, order, d.migratetype.get());
         self.free_block(d, order);
     }
 
@@ -722,6 +735,8 @@ impl PageAllocator {
             return pages.len();
         }
         let mt = gfp.migratetype();
+        let t = trace::enter(Fn::AllocPagesBulk, 0, mt);
+        t.set_count(to_fill);
         let mut got = 0;
         if to_fill > 1 {
             let pcp = self.this_pcp();
@@ -731,6 +746,7 @@ impl PageAllocator {
                 for slot in pages[window].iter_mut().filter(|p| p.is_none()) {
                     let Some(d) = inner.rmqueue_pcplist(&self.zone, 0, mt) else { break };
                     d.migratetype.set(mt);
+                    trace::point(Fn::MmPageAlloc, 0, mt, u32::MAX, 0, desc_to_pfn(d));
                     *slot = Some(Page { ptr: desc_ptr(prep_new_page(d, 0, gfp)) });
                     got += 1;
                 }

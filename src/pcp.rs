@@ -6,6 +6,7 @@ use core::cell::UnsafeCell;
 use crate::page::*;
 use crate::stats::PcpEvents;
 use crate::sync::{Counter, RawLock};
+use crate::trace::{self, Fn};
 use crate::zone::{Zone, ZoneInner};
 
 /// One list per (order 0..=3, migratetype).
@@ -131,6 +132,7 @@ impl PcpInner {
     /// `(order, mt)`, refilling an empty list with one `rmqueue_bulk`.
     #[inline]
     pub(crate) fn rmqueue_pcplist(&mut self, zone: &Zone, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::RmqueuePcplistInner, order, mt);
         let pindex = order_to_pindex(order, mt);
         self.used = true;
         if self.lists[pindex].is_empty() {
@@ -153,6 +155,7 @@ impl PcpInner {
     /// drains a batch to the zone when `count` reaches `high`.
     #[inline]
     pub(crate) fn free_unref_page_commit(&mut self, zone: &Zone, d: &PageDesc, order: u32) {
+        let _t = trace::enter(Fn::FreeUnrefPageCommit, order, d.migratetype.get());
         d.state.set(PageState::Pcp);
         self.used = true;
         self.lists[order_to_pindex(order, d.migratetype.get())].push_front(d);
@@ -169,6 +172,8 @@ impl PcpInner {
     /// (or all there are) under the one hold of the zone lock the caller has,
     /// taking from the cold tails of the lists round-robin.
     pub(crate) fn free_pcppages_bulk(&mut self, zone: &mut ZoneInner, count: usize) -> usize {
+        let t = trace::enter(Fn::FreePcppagesBulk, 0, 0);
+        t.set_count(count);
         let mut freed = 0;
         self.zone_trips += 1;
         while freed < count && self.count > 0 {
@@ -185,11 +190,12 @@ impl PcpInner {
                 let Some(d) = self.lists[pindex].pop_back() else { break };
                 self.count -= 1 << order;
                 freed += 1 << order;
+                trace::point(Fn::MmPagePcpuDrain, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
                 zone.free_one_page(d, order);
             }
         }
         self.ev.pcp_drain.inc();
-        crate::trace::bulk(crate::trace::Fn::FreePcppagesBulk, 0, 0, freed);
+        t.set_count(freed);
         freed
     }
 }

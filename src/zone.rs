@@ -10,6 +10,7 @@ use core::ptr::NonNull;
 use crate::page::*;
 use crate::stats::{Counter, ZoneEvents};
 use crate::sync::RawLock;
+use crate::trace::{self, Fn};
 
 /// Most sections one zone can hold: 4096 × 1 GiB = 4 TiB of address space.
 pub(crate) const MAX_SECTIONS: usize = 4096;
@@ -56,6 +57,8 @@ pub(crate) struct ZoneInner {
     /// The time stamped on blocks freed now (coarse ms, set by the caller
     /// that took the lock: reading the clock is not free).
     pub(crate) now_ms: u64,
+    /// Inside `rmqueue_bulk` (for the `mm_page_alloc_zone_locked` tracepoint).
+    in_bulk: bool,
     /// Pages of all sections handed to the buddy allocator.
     pub(crate) managed_pages: usize,
     pub(crate) sections: [*const Section; MAX_SECTIONS],
@@ -123,6 +126,7 @@ crate::sync::maybe_const_fn! {
                 purged_pages: 0,
                 isolated_pages: 0,
                 now_ms: 0,
+                in_bulk: false,
                 managed_pages: 0,
                 sections: [core::ptr::null(); MAX_SECTIONS],
                 nr_sections: 0,
@@ -220,7 +224,9 @@ impl ZoneInner {
     #[inline]
     fn get_page_from_free_area(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let area = &self.free_area[order as usize];
-        area.free_list[mt as usize].first().or_else(|| area.purged_list[mt as usize].first())
+        let d = area.free_list[mt as usize].first().or_else(|| area.purged_list[mt as usize].first());
+        trace::point(Fn::GetPageFromFreeArea, order, mt, d.is_some() as u32, 0, d.map_or(0, desc_to_pfn));
+        d
     }
 
     /// Splits a block of order `high` down to order `low`, putting each upper
@@ -228,6 +234,9 @@ impl ZoneInner {
     /// `2^low` pages.
     fn expand(&mut self, d: &PageDesc, low: u32, mut high: u32, mt: MigrateType) {
         let pfn = desc_to_pfn(d);
+        if high > low {
+            trace::point(Fn::Expand, low, mt, u32::MAX, high, pfn);
+        }
         let (flags, since) = (d.flags.get(), d.private.get());
         while high > low {
             high -= 1;
@@ -242,11 +251,13 @@ impl ZoneInner {
 
     /// Takes the smallest free block of at least `order` from `mt`'s lists.
     fn rmqueue_smallest(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::RmqueueSmallest, order, mt);
         for o in order..=MAX_PAGE_ORDER {
             if let Some(d) = self.get_page_from_free_area(o, mt) {
                 self.del_from_free_list(d);
                 self.expand(d, order, o, mt);
                 d.order.set(order as u8);
+                trace::point(Fn::MmPageAllocZoneLocked, order, mt, self.in_bulk as u32, 0, desc_to_pfn(d));
                 return Some(d);
             }
         }
@@ -284,6 +295,7 @@ impl ZoneInner {
     /// whole pageblock for `mt` when the block is big or most of the
     /// pageblock is free, so later allocations of `mt` group there too.
     fn rmqueue_fallback(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        let _t = trace::enter(Fn::RmqueueFallback, order, mt);
         for o in (order..=MAX_PAGE_ORDER).rev() {
             for &fmt in &FALLBACKS[mt as usize] {
                 let Some(d) = self.get_page_from_free_area(o, fmt) else { continue };
@@ -291,7 +303,7 @@ impl ZoneInner {
                 // SAFETY: `d` is a free block inside a live section.
                 let sec = unsafe { section_of(pfn << PAGE_SHIFT) };
                 self.ev.fallback.inc();
-                crate::trace::extfrag(order, mt, o, fmt);
+                trace::point(Fn::MmPageAllocExtfrag, order, mt, fmt as u32, o, pfn);
                 if o >= PAGEBLOCK_ORDER {
                     // The block spans whole pageblocks: claim them all.
                     self.del_from_free_list(d);
@@ -319,7 +331,7 @@ impl ZoneInner {
     /// `__rmqueue`: the requested migratetype first, then a fallback.
     #[inline]
     pub(crate) fn rmqueue(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
-        crate::trace::event(crate::trace::Fn::Rmqueue, order, mt);
+        let _t = trace::enter(Fn::RmqueueInner, order, mt);
         if let Some(d) = self.rmqueue_smallest(order, mt) {
             return Some(d);
         }
@@ -330,6 +342,9 @@ impl ZoneInner {
     /// `list`, all under the one hold of the lock the caller has, and marks
     /// them as PCP blocks. Returns how many it took.
     pub(crate) fn rmqueue_bulk(&mut self, order: u32, count: usize, mt: MigrateType, list: &mut List) -> usize {
+        let t = trace::enter(Fn::RmqueueBulk, order, mt);
+        t.set_count(count);
+        self.in_bulk = true;
         let mut taken = 0;
         while taken < count {
             let Some(d) = self.rmqueue(order, mt) else { break };
@@ -338,8 +353,9 @@ impl ZoneInner {
             list.push_back(d);
             taken += 1;
         }
+        self.in_bulk = false;
         self.ev.pcp_refill.inc();
-        crate::trace::bulk(crate::trace::Fn::RmqueueBulk, order, mt, taken);
+        t.set_count(taken);
         taken
     }
 
@@ -358,7 +374,9 @@ impl ZoneInner {
         let mut flags = d.flags.get();
         let mut since = if flags & PG_PURGED == 0 { self.now_ms } else { u64::MAX };
         d.state.set(PageState::Tail);
-        crate::trace::event(crate::trace::Fn::FreeOnePage, order, mt);
+        let t = trace::enter(Fn::FreeOnePage, order, mt);
+        t.set_pfn(pfn);
+        let first_order = order;
         while order < MAX_PAGE_ORDER {
             let buddy_pfn = pfn ^ (1 << order);
             // Descriptors past the usable pages and of the metadata pages are
@@ -383,8 +401,9 @@ impl ZoneInner {
             }
             pfn &= buddy_pfn;
             order += 1;
-            crate::trace::event(crate::trace::Fn::MergeBuddy, order, mt);
         }
+        t.set_count((order - first_order) as usize);
+        t.set_extra(order);
         let head = sec.desc_at(pfn - sec.base_pfn());
         head.flags.set(flags);
         head.private.set(if since == u64::MAX { self.now_ms } else { since } as usize);
