@@ -409,13 +409,11 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
 /// allocator's), so that no lock is held by a thread that will not exist in
 /// the child.
 extern "C" fn fork_prepare() {
-    SLABS.lock_all();
-    PAGES.lock_all();
+    SLABS.lock_all_for_fork();
 }
 
 extern "C" fn fork_parent() {
-    PAGES.unlock_all();
-    SLABS.unlock_all();
+    SLABS.unlock_all_for_fork();
 }
 
 /// In the child only the forking thread exists: every lock it took in
@@ -423,8 +421,7 @@ extern "C" fn fork_parent() {
 /// threads' caches are not there any more; their objects are leaked (as in
 /// every allocator with thread caches).
 extern "C" fn fork_child() {
-    PAGES.unlock_all();
-    SLABS.unlock_all();
+    SLABS.unlock_all_for_fork();
 }
 
 /// `/proc/slabinfo` of the process-wide slab layer.

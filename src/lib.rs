@@ -49,6 +49,11 @@ pub use stats::{BuddyInfo, PageTypeInfo, VmStat, ZoneInfo, ZONEINFO_CPUS};
 pub use stats::{SlabInfo, Stats};
 pub use zone::CheckError;
 
+/// Selects a deliberately broken variant for the loom models (loom-tests only).
+#[cfg(loom)]
+#[doc(hidden)]
+pub use sync::set_loom_broken;
+
 /// The page size: 4 KiB.
 pub const PAGE_SIZE: usize = os::PAGE_SIZE;
 
@@ -62,12 +67,14 @@ pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
 
 /// `alloc_page`: one page from the process-wide page allocator.
 #[cfg(not(loom))]
+#[inline]
 pub fn alloc_page(gfp: Gfp) -> Option<Page> {
     PAGES.alloc_pages(gfp, 0)
 }
 
 /// `alloc_pages`: a block of `2^order` pages, aligned to its size.
 #[cfg(not(loom))]
+#[inline]
 pub fn alloc_pages(gfp: Gfp, order: u32) -> Option<Page> {
     PAGES.alloc_pages(gfp, order)
 }
@@ -75,18 +82,21 @@ pub fn alloc_pages(gfp: Gfp, order: u32) -> Option<Page> {
 /// `alloc_pages_bulk_array`: fills the `None` slots with single pages and
 /// returns how many leading slots are populated.
 #[cfg(not(loom))]
+#[inline]
 pub fn alloc_pages_bulk_array(gfp: Gfp, pages: &mut [Option<Page>]) -> usize {
     PAGES.alloc_pages_bulk_array(gfp, pages)
 }
 
 /// `free_page`: frees a single page.
 #[cfg(not(loom))]
+#[inline]
 pub fn free_page(page: Page) {
     PAGES.free_pages(page, 0)
 }
 
 /// `free_pages`: frees a block allocated with the same order.
 #[cfg(not(loom))]
+#[inline]
 pub fn free_pages(page: Page, order: u32) {
     PAGES.free_pages(page, order)
 }

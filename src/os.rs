@@ -195,9 +195,18 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
 }
 
 /// Ends the process at once after a fatal inconsistency. Never unwinds.
+#[cfg(not(loom))]
 pub(crate) fn abort() -> ! {
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
+}
+
+/// Under loom a fatal inconsistency (a `bad_page`) panics instead, so that
+/// loom reports the interleaving that led to it rather than the test
+/// process dying without a word.
+#[cfg(loom)]
+pub(crate) fn abort() -> ! {
+    panic!("pcpalloc: fatal inconsistency (bad page state, see the message above)")
 }
 
 #[cfg(test)]

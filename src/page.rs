@@ -361,6 +361,31 @@ impl List {
         Some(d)
     }
 
+    /// Unlinks up to `max` entries from the hot end in one splice, calling
+    /// `f` on each in order; returns how many. The entries' own links are
+    /// left stale: they are on no list afterwards.
+    #[inline(always)]
+    pub(crate) fn pop_front_run(&mut self, max: usize, mut f: impl FnMut(&'static PageDesc)) -> usize {
+        let mut n = 0;
+        let mut cur = self.head;
+        // SAFETY: list entries are live descriptors.
+        while let Some(d) = unsafe { cur.as_ref() } {
+            if n == max {
+                break;
+            }
+            cur = d.next.get();
+            f(d);
+            n += 1;
+        }
+        self.head = cur;
+        // SAFETY: as above.
+        match unsafe { cur.as_ref() } {
+            Some(c) => c.prev.set(ptr::null_mut()),
+            None => self.tail = ptr::null_mut(),
+        }
+        n
+    }
+
     /// Iterates from the hot end. The list must not change meanwhile.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &'static PageDesc> {
         let mut cur = self.head;

@@ -287,7 +287,7 @@ impl PageAllocator {
         page_allocator_new(config)
     }
 
-    #[inline]
+    #[inline(always)]
     fn nr_cpus(&self) -> usize {
         match self.nr_cpus.load(Ordering::Relaxed) {
             0 => self.init_nr_cpus(),
@@ -309,7 +309,7 @@ impl PageAllocator {
 
     /// This CPU's PCP (`this_cpu_ptr(zone->per_cpu_pageset)`). The thread may
     /// be elsewhere by the time it uses it; the PCP's lock keeps that correct.
-    #[inline]
+    #[inline(always)]
     fn this_pcp(&self) -> &PerCpuPages {
         let cpu = match self.config.cpu {
             Some(f) => f(),
@@ -317,13 +317,15 @@ impl PageAllocator {
         };
         let n = self.nr_cpus();
         let cpu = if cpu < n { cpu } else { cpu % n };
-        &self.pcp[cpu]
+        debug_assert!(n <= MAX_CPUS);
+        // SAFETY: `cpu < n <= MAX_CPUS`, the array's length.
+        unsafe { self.pcp.get_unchecked(cpu) }
     }
 
     // ---- allocation -------------------------------------------------------
 
     /// `__alloc_pages`: a block of `2^order` pages of migratetype `mt`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_block(&self, gfp: Gfp, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let d = self.alloc_block_keep_flags(gfp, order, mt)?;
         Some(prep_new_page(d, order, gfp))
@@ -332,7 +334,7 @@ impl PageAllocator {
     /// `__alloc_pages` without `prep_new_page`'s clearing: the block is marked
     /// allocated and its `PG_ZEROED` flag is left for the caller to read (and
     /// clear), so a caller that keeps only part of it clears only that part.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_block_keep_flags(&self, gfp: Gfp, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         if order > MAX_PAGE_ORDER {
             return None;
@@ -349,7 +351,7 @@ impl PageAllocator {
     }
 
     /// `get_page_from_freelist`: the first attempt, without the slow path.
-    #[inline]
+    #[inline(always)]
     fn get_page_from_freelist(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let _t = trace::enter(Fn::GetPageFromFreelist, order, mt);
         self.rmqueue(order, mt)
@@ -357,7 +359,7 @@ impl PageAllocator {
 
     /// `rmqueue`: the PCP for small orders, the buddy for the rest or when
     /// this CPU's PCP is busy.
-    #[inline]
+    #[inline(always)]
     fn rmqueue(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let _t = trace::enter(Fn::Rmqueue, order, mt);
         if order <= PAGE_ALLOC_COSTLY_ORDER {
@@ -371,7 +373,7 @@ impl PageAllocator {
     }
 
     /// `rmqueue_pcplist`: try-lock this CPU's PCP and take from its list.
-    #[inline]
+    #[inline(always)]
     fn rmqueue_pcplist(&self, order: u32, mt: MigrateType) -> PcpResult {
         let _t = trace::enter(Fn::RmqueuePcplist, order, mt);
         let pcp = self.this_pcp();
@@ -488,6 +490,13 @@ impl PageAllocator {
         let _t = trace::enter(Fn::DrainAllPages, 0, 0);
         self.ev.drain_all.inc_shared();
         for pcp in &self.pcp[..self.nr_cpus()] {
+            // Broken on purpose (loom-tests): skips a PCP that looks empty
+            // without its lock.
+            #[cfg(loom_broken = "drain_all_racy_count")]
+            // SAFETY: a racy read of a plain integer (the bug to catch).
+            if crate::sync::broken("drain_all_racy_count") && unsafe { pcp.inner_unlocked() }.count == 0 {
+                continue;
+            }
             pcp.lock.lock();
             // SAFETY: we hold the PCP lock.
             let inner = unsafe { pcp.locked() };
@@ -505,13 +514,21 @@ impl PageAllocator {
 
     /// `free_unref_page`: back onto this CPU's list, or straight to the zone
     /// for costly orders or when this CPU's PCP is busy.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free_block(&self, d: &'static PageDesc, order: u32) {
         free_pages_prepare(d, order);
         let _t = trace::enter(Fn::FreeUnrefPage, order, d.migratetype.get());
         trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
         if order <= PAGE_ALLOC_COSTLY_ORDER {
             let pcp = self.this_pcp();
+            #[cfg(loom_broken = "free_skips_trylock")]
+            if crate::sync::broken("free_skips_trylock") {
+                // Broken on purpose (loom-tests): commits to this CPU's list
+                // without taking the PCP lock.
+                // SAFETY: none: this is the bug the loom model must catch.
+                unsafe { pcp.locked() }.free_unref_page_commit(&self.zone, d, order);
+                return;
+            }
             if pcp.lock.try_lock() {
                 // SAFETY: we hold the PCP lock until the unlock below.
                 let inner = unsafe { pcp.locked() };
@@ -703,6 +720,7 @@ impl PageAllocator {
 
     /// `alloc_pages`: a block of `2^order` pages aligned to its size, or
     /// `None` if `order > MAX_PAGE_ORDER` or memory cannot be had.
+    #[inline]
     pub fn alloc_pages(&self, gfp: Gfp, order: u32) -> Option<Page> {
         let _t = trace::enter(Fn::AllocPages, order, gfp.migratetype());
         let d = self.alloc_block(gfp, order, gfp.migratetype())?;
@@ -712,6 +730,7 @@ impl PageAllocator {
     /// `free_pages`: frees a block allocated with the same `order`. A page
     /// that is not an allocated block of that order (a double free, a wrong
     /// order) aborts the process with a message naming it (`bad_page`).
+    #[inline]
     pub fn free_pages(&self, page: Page, order: u32) {
         let d = page_desc(&page);
         let _t = trace::enter(Fn::FreePages, order, d.migratetype.get());
@@ -740,16 +759,22 @@ impl PageAllocator {
         let mut got = 0;
         if to_fill > 1 {
             let pcp = self.this_pcp();
-            if pcp.lock.try_lock() {
+            let locked = pcp.lock.try_lock();
+            // Broken on purpose (loom-tests): goes on as if the try-lock had
+            // succeeded when another thread holds this CPU's PCP.
+            #[cfg(loom_broken = "bulk_ignores_trylock")]
+            let locked = locked || crate::sync::broken("bulk_ignores_trylock");
+            if locked {
                 // SAFETY: we hold the PCP lock until the unlock below.
                 let inner = unsafe { pcp.locked() };
-                for slot in pages[window].iter_mut().filter(|p| p.is_none()) {
-                    let Some(d) = inner.rmqueue_pcplist(&self.zone, 0, mt) else { break };
+                let mut slots = pages[window].iter_mut().filter(|p| p.is_none());
+                got = inner.rmqueue_pcplist_many(&self.zone, 0, mt, to_fill, |d| {
                     d.migratetype.set(mt);
                     trace::point(Fn::MmPageAlloc, 0, mt, u32::MAX, 0, desc_to_pfn(d));
-                    *slot = Some(Page { ptr: desc_ptr(prep_new_page(d, 0, gfp)) });
-                    got += 1;
-                }
+                    if let Some(slot) = slots.next() {
+                        *slot = Some(Page { ptr: desc_ptr(prep_new_page(d, 0, gfp)) });
+                    }
+                });
                 inner.ev.bulk.inc();
                 pcp.lock.unlock();
             } else {
@@ -885,14 +910,14 @@ impl Drop for PageAllocator {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn desc_ptr(d: &PageDesc) -> NonNull<u8> {
     // SAFETY: page frame numbers of live descriptors are never zero.
     unsafe { NonNull::new_unchecked(pfn_to_addr(desc_to_pfn(d))) }
 }
 
 /// The head descriptor of a page handle's block.
-#[inline]
+#[inline(always)]
 pub(crate) fn page_desc(page: &Page) -> &'static PageDesc {
     // SAFETY: a `Page` is only made by this module, for a block in a section.
     unsafe { pfn_to_desc(page.pfn()) }
@@ -900,7 +925,7 @@ pub(crate) fn page_desc(page: &Page) -> &'static PageDesc {
 
 /// `post_alloc_hook` / `prep_new_page`: mark the block handed out and clear
 /// it if asked to and not known to be zero already.
-#[inline]
+#[inline(always)]
 fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDesc {
     d.state.set(PageState::Allocated);
     d.order.set(order as u8);
@@ -915,7 +940,7 @@ fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDes
 
 /// `free_pages_prepare`: a block being freed must be an allocated block of
 /// exactly this order; anything else is a double free or a bad pointer.
-#[inline]
+#[inline(always)]
 fn free_pages_prepare(d: &PageDesc, order: u32) {
     if d.state.get() != PageState::Allocated || d.order.get() as u32 != order {
         let addr = pfn_to_addr(desc_to_pfn(d)) as usize;

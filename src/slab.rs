@@ -15,7 +15,6 @@
 //!  PageAllocator (PCP try-lock, zone lock)
 //! ```
 
-use core::cell::UnsafeCell;
 use core::ptr;
 
 use crossbeam_utils::CachePadded;
@@ -23,7 +22,7 @@ use crossbeam_utils::CachePadded;
 use crate::os::PAGE_SIZE;
 use crate::page::*;
 use crate::page_alloc::{Gfp, PageAllocator};
-use crate::sync::{Counter, RawLock};
+use crate::sync::{Counter, RawLock, UnsafeCell};
 use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -374,6 +373,21 @@ impl<'a> SlabAllocator<'a> {
     /// length (0 when memory ran out).
     fn refill(&self, c: usize) -> (*mut u8, usize) {
         let batch = CLASSES[c].batch as usize;
+        // Broken on purpose (loom-tests): looks for a transfer batch without
+        // the lock and trusts what it saw once it has the lock.
+        #[cfg(loom_broken = "refill_stale_transfer")]
+        if crate::sync::broken("refill_stale_transfer") {
+            // SAFETY: a racy read of a plain integer (the bug to catch).
+            let seen = unsafe { (*self.classes[c].inner.get_untracked()).nr_transfer };
+            if seen > 0 {
+                return self.with_class(c, |inner, class| {
+                    class.ev.refill.inc();
+                    class.ev.transfer_hit.inc();
+                    inner.nr_transfer = seen - 1;
+                    (inner.transfer[seen - 1], batch)
+                });
+            }
+        }
         self.with_class(c, |inner, class| {
             class.ev.refill.inc();
             inner.used = true;
@@ -452,7 +466,7 @@ impl<'a> SlabAllocator<'a> {
     /// one is free (the next refill of any thread takes it in O(1)),
     /// otherwise each object goes back to its slab.
     fn flush(&self, c: usize, head: *mut u8, n: usize) {
-        self.with_class(c, |inner, class| {
+        let flush = |inner: &mut ClassInner, class: &SlabClass| {
             class.ev.flush.inc();
             inner.used = true;
             if n == CLASSES[c].batch as usize && inner.nr_transfer < TRANSFER_SLOTS {
@@ -461,7 +475,15 @@ impl<'a> SlabAllocator<'a> {
             } else {
                 self.release(inner, class, c, head, n);
             }
-        })
+        };
+        // Broken on purpose (loom-tests): flushes without the class lock.
+        #[cfg(loom_broken = "flush_skips_class_lock")]
+        if crate::sync::broken("flush_skips_class_lock") {
+            let class = &*self.classes[c];
+            // SAFETY: none: this is the bug the loom model must catch.
+            return flush(unsafe { &mut *class.inner.get() }, class);
+        }
+        self.with_class(c, flush)
     }
 
     /// Puts `n` objects of the list `head` back on their slabs; gives slabs
@@ -732,6 +754,32 @@ impl<'a> SlabAllocator<'a> {
         for class in self.classes.iter().rev() {
             class.lock.unlock();
         }
+    }
+
+    /// `fork`'s prepare handler for this slab layer and the page allocator
+    /// under it: every lock of both, in the documented order (class locks
+    /// and the registry lock, then `PageAllocator::lock_all`), so that no
+    /// lock is held by a thread that will not exist in the child. Public
+    /// only for the loom model of `fork`.
+    #[doc(hidden)]
+    pub fn lock_all_for_fork(&self) {
+        // Broken on purpose (loom-tests): the page allocator's locks first.
+        #[cfg(loom_broken = "fork_pages_before_slabs")]
+        if crate::sync::broken("fork_pages_before_slabs") {
+            self.pages.lock_all();
+            self.lock_all();
+            return;
+        }
+        self.lock_all();
+        self.pages.lock_all();
+    }
+
+    /// Releases what `lock_all_for_fork` took (`fork`'s parent and child
+    /// handlers).
+    #[doc(hidden)]
+    pub fn unlock_all_for_fork(&self) {
+        self.pages.unlock_all();
+        self.unlock_all();
     }
 }
 

@@ -1,9 +1,13 @@
-//! The one place `src` takes its atomics, locks and spin hints from.
+//! The one place `src` takes its atomics, locks, spin hints and lock-guarded
+//! cells from.
 //!
-//! Normally these are `core`'s atomics and a futex lock; under `--cfg loom`
-//! they are loom's, so that `loom-tests/` can model-check every interleaving
-//! of the code that runs under the PCP try-lock, the zone lock and the slab
-//! layer's locks. Nothing else in the crate writes `#[cfg(loom)]`.
+//! Normally these are `core`'s atomics and cells and a futex lock; under
+//! `--cfg loom` they are loom's (and the cells report unordered accesses to
+//! loom), so that `loom-tests/` can model-check every interleaving of the
+//! code that runs under the PCP try-lock, the zone lock and the slab layer's
+//! locks. Besides this module, `#[cfg(loom)]` only swaps `const` array
+//! builders and shrinks `MAX_CPUS`; `#[cfg(loom_broken = "...")]` marks the
+//! deliberately broken variants the loom tests prove they catch.
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -64,6 +68,19 @@ impl RawLock {
         }
     }
 
+    /// Under loom a waiter just retries and yields: loom runs the holder
+    /// meanwhile, and a hundred spins per wait would multiply the
+    /// interleavings it has to explore without modelling anything new.
+    #[cfg(loom)]
+    #[cold]
+    #[inline(never)]
+    fn lock_contended(&self) {
+        while !self.try_lock() {
+            loom::thread::yield_now();
+        }
+    }
+
+    #[cfg(not(loom))]
     #[cold]
     #[inline(never)]
     fn lock_contended(&self) {
@@ -90,10 +107,6 @@ impl RawLock {
         }
     }
 
-    /// Whether some thread holds the lock (for assertions and `check()`).
-    pub(crate) fn is_locked(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != UNLOCKED
-    }
 }
 
 #[cfg(not(loom))]
@@ -119,14 +132,76 @@ fn futex_wake(state: &AtomicU32) {
     }
 }
 
-// Under loom a sleeping waiter is modelled as a yielding one: loom explores the
-// interleavings, the futex only saves CPU time.
-#[cfg(loom)]
-fn futex_wait(_state: &AtomicU32, _expected: u32) {
-    loom::thread::yield_now();
-}
+// Under loom a waiter never sleeps (see `lock_contended`), so there is no one
+// to wake: loom explores the interleavings, the futex only saves CPU time.
 #[cfg(loom)]
 fn futex_wake(_state: &AtomicU32) {}
+
+/// `core::cell::UnsafeCell` for the state a lock guards (a PCP's lists, the
+/// zone, a size class), with one addition under loom: every [`get`] records
+/// a write access in a loom cell, so loom reports any two accesses that
+/// the lock does not order (a path that skipped the lock) as a causality
+/// violation in whichever interleaving they occur, not only when they
+/// happen to corrupt something. Statistics that read counters without the
+/// lock use [`get_untracked`].
+///
+/// [`get`]: UnsafeCell::get
+/// [`get_untracked`]: UnsafeCell::get_untracked
+pub(crate) struct UnsafeCell<T> {
+    data: core::cell::UnsafeCell<T>,
+    #[cfg(loom)]
+    access: loom::cell::UnsafeCell<()>,
+}
+
+impl<T> UnsafeCell<T> {
+    #[cfg(not(loom))]
+    pub(crate) const fn new(data: T) -> Self {
+        Self { data: core::cell::UnsafeCell::new(data) }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new(data: T) -> Self {
+        Self { data: core::cell::UnsafeCell::new(data), access: loom::cell::UnsafeCell::new(()) }
+    }
+
+    /// The contents, for a caller that holds the guarding lock.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> *mut T {
+        #[cfg(loom)]
+        self.access.with_mut(|_| ());
+        self.data.get()
+    }
+
+    /// The contents, for racy reads of plain counters (statistics).
+    #[inline(always)]
+    pub(crate) fn get_untracked(&self) -> *mut T {
+        self.data.get()
+    }
+}
+
+/// Whether the deliberately broken variant `name` is switched on for the
+/// models running on this OS thread (loom runs all threads of a model on
+/// the OS thread that called `loom::model`). A variant's code is compiled
+/// only with `--cfg loom_broken="<name>"`, and runs only when a test has
+/// also selected it with [`set_loom_broken`]: one build can then hold every
+/// variant while each model runs with exactly one of them, or none.
+#[cfg(loom)]
+#[allow(dead_code)]
+pub(crate) fn broken(name: &str) -> bool {
+    BROKEN.with(|b| b.get() == name)
+}
+
+#[cfg(loom)]
+std::thread_local! {
+    static BROKEN: core::cell::Cell<&'static str> = const { core::cell::Cell::new("") };
+}
+
+/// Selects the broken variant that [`broken`] reports for models run on this
+/// OS thread from now on; `""` selects none. For `loom-tests` only.
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn set_loom_broken(name: &'static str) {
+    BROKEN.with(|b| b.set(name));
+}
 
 /// Defines a function that is `const` normally and plain under loom, whose
 /// atomics cannot be built in a const context.
@@ -174,5 +249,73 @@ impl Counter {
     #[inline]
     pub(crate) fn get(&self) -> u64 {
         self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The per-CPU lists' lock (`pcp_spin_trylock`): taken with `try_lock` on
+/// every page allocation and free, so it is built for that: one
+/// compare-and-swap to take it and a plain release store to drop it (no
+/// read-modify-write, no futex wake check). Nobody ever sleeps on it: the
+/// few paths that must wait for it (`drain_all_pages`, `zone_pcp_update`, the
+/// purge tick's decay, the fork handlers, statistics) spin briefly and then
+/// yield the CPU, since its holder only ever does a list splice or one
+/// batch's worth of buddy work.
+///
+/// Invariant: `state` is 0 (free) or 1 (held); only the holder stores 0.
+pub(crate) struct SpinLock {
+    state: AtomicU32,
+}
+
+impl SpinLock {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Self { state: AtomicU32::new(0) }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self { state: AtomicU32::new(0) }
+    }
+
+    /// Takes the lock if it is free; never waits.
+    #[inline(always)]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Takes the lock, waiting as long as it takes.
+    #[inline]
+    pub(crate) fn lock(&self) {
+        while !self.try_lock() {
+            self.wait();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wait(&self) {
+        #[cfg(not(loom))]
+        {
+            for _ in 0..64 {
+                if self.state.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                core::hint::spin_loop();
+            }
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+
+    /// Releases the lock.
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        self.state.store(0, Ordering::Release);
+    }
+
+    /// Whether some thread holds the lock (for assertions).
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != 0
     }
 }

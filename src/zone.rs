@@ -3,13 +3,12 @@
 //! Every function on [`ZoneInner`] runs with the zone lock held; the only
 //! way to reach a `ZoneInner` is [`Zone::lock`], whose guard releases it.
 
-use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use crate::page::*;
 use crate::stats::{Counter, ZoneEvents};
-use crate::sync::RawLock;
+use crate::sync::{RawLock, UnsafeCell};
 use crate::trace::{self, Fn};
 
 /// Most sections one zone can hold: 4096 × 1 GiB = 4 TiB of address space.
@@ -157,7 +156,18 @@ impl Zone {
     /// read plain integer fields.
     pub(crate) unsafe fn inner_unlocked(&self) -> &ZoneInner {
         // SAFETY: forwarded.
-        unsafe { &*self.inner.get() }
+        unsafe { &*self.inner.get_untracked() }
+    }
+
+    /// Broken on purpose (loom-tests): the zone for writing, without its lock.
+    ///
+    /// # Safety
+    /// None: this is the bug the loom model must catch.
+    #[cfg(loom_broken = "drain_skips_zone_lock")]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn inner_without_lock(&self) -> &mut ZoneInner {
+        // SAFETY: none (see above).
+        unsafe { &mut *self.inner.get() }
     }
 }
 
