@@ -54,30 +54,6 @@ fn single_page(c: &mut Criterion) {
     g.finish();
 }
 
-/// Pages that go back when dropped, so that a benchmark's routine can hand
-/// its pages to criterion, which drops them outside the timed section.
-struct Batch([Option<Page>; BULK]);
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        for p in self.0.iter_mut().filter_map(Option::take) {
-            pcpalloc::free_page(p);
-        }
-    }
-}
-
-/// Raw blocks of another allocator, freed when dropped (outside the timing).
-struct Blocks(&'static dyn GlobalAlloc, [*mut u8; BULK]);
-
-impl Drop for Blocks {
-    fn drop(&mut self) {
-        for &p in &self.1 {
-            // SAFETY: each block came from `self.0` with `pages_layout(0)`.
-            unsafe { self.0.dealloc(p, pages_layout(0)) };
-        }
-    }
-}
-
 /// Batches of 64 taken back to back in one timed stretch (so the timer's
 /// own cost, tens of nanoseconds here, is spread over 256 pages), then
 /// freed outside it. 256 pages stay below a PCP's `high` (639 here), so in

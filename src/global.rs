@@ -466,10 +466,7 @@ pub fn stats() -> crate::stats::Stats {
     let allocated = slab_objs.saturating_sub(slab_cached) + LARGE_REQUESTED.load(Ordering::Relaxed) + page_api;
     let active = pc.in_use() * ps + huge;
     let dirty = pc.free.saturating_sub(pc.purged) * ps;
-    let metadata = pc.nr_sections * ps
-        + pc.managed.saturating_sub(pc.purged) * core::mem::size_of::<crate::page::PageDesc>()
-        + core::mem::size_of_val(&PAGES)
-        + core::mem::size_of_val(&SLABS);
+    let metadata = pc.meta_resident * ps + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);
     crate::stats::Stats {
         allocated,
         active,

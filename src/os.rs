@@ -98,6 +98,31 @@ pub(crate) unsafe fn purge(ptr: *mut u8, size: usize, mode: PurgeMode) -> bool {
     unsafe { libc::madvise(ptr.cast(), size, advice) == 0 }
 }
 
+/// How many of the `pages` pages from `ptr` are resident (`mincore`), or
+/// `None` if the OS will not say. Counts in chunks through a stack buffer:
+/// nothing is allocated.
+///
+/// # Safety
+/// `ptr..ptr + pages * PAGE_SIZE` must be mapped and page-aligned.
+pub(crate) unsafe fn resident_pages(ptr: *const u8, pages: usize) -> Option<usize> {
+    let mut buf = [0u8; 1024];
+    let mut resident = 0;
+    let mut done = 0;
+    while done < pages {
+        let n = (pages - done).min(buf.len());
+        // SAFETY: the caller guarantees the range is mapped; `buf` holds `n`
+        // bytes.
+        let r =
+            unsafe { libc::mincore(ptr.add(done * PAGE_SIZE) as *mut libc::c_void, n * PAGE_SIZE, buf.as_mut_ptr()) };
+        if r != 0 {
+            return None;
+        }
+        resident += buf[..n].iter().filter(|&&b| b & 1 != 0).count();
+        done += n;
+    }
+    Some(resident)
+}
+
 /// Coarse monotonic time in milliseconds (`CLOCK_MONOTONIC_COARSE`, served
 /// by the vDSO without a syscall, a few nanoseconds, ticking every few ms).
 #[inline]

@@ -109,7 +109,8 @@ pub(crate) const PG_PURGED: u8 = 2;
 ///   (state `Allocated`, `migratetype` `UNMOVABLE`), guarded by that size
 ///   class's lock; `private` is then the slab's free-object list.
 /// * For a dirty `Buddy` head, `private` is the time (coarse monotonic
-///   milliseconds) the block became free, which purging ages from.
+///   milliseconds) the block became free, which purging ages from, and
+///   `slab_inuse` counts its pages that are not resident (see `purged_pages`).
 ///
 /// `Cell` fields: a descriptor is shared memory reached through raw
 /// pointers; every access happens under the lock that owns the block (or by
@@ -139,6 +140,24 @@ impl PageDesc {
     pub(crate) fn prev_entry(&self) -> Option<&'static PageDesc> {
         // SAFETY: list neighbours are live descriptors.
         unsafe { self.prev.get().as_ref() }
+    }
+
+    /// For the head of a free block, how many of its pages are not resident:
+    /// all of them if it is `PG_PURGED`; for a dirty block, the pages it
+    /// merged from purged buddies (kept in `slab_inuse`, unused while the
+    /// block is free). Statistics only: a dirty block is purged whole.
+    #[inline]
+    pub(crate) fn purged_pages(&self, order: u32) -> usize {
+        if self.flags.get() & PG_PURGED != 0 {
+            1 << order
+        } else {
+            self.slab_inuse.get() as usize
+        }
+    }
+
+    #[inline]
+    pub(crate) fn set_purged_within(&self, n: usize) {
+        self.slab_inuse.set(n as u16)
     }
 
     /// A slab's list of free objects.

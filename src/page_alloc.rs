@@ -148,10 +148,11 @@ pub struct Config {
 /// back to its live set within about two seconds.
 pub const DEFAULT_DECAY_MS: u64 = 1000;
 
-/// Most pages one purge tick gives back (32 MiB): a bounded step on an
-/// allocation that happens to run it. A tick that hits the bound re-arms at
-/// once, so a backlog drains over the next slow-path calls.
-pub const PURGE_STEP_PAGES: usize = 8192;
+/// Most resident pages one purge tick gives back (64 MiB, a few
+/// milliseconds of `madvise`): a bounded step on an allocation that happens
+/// to run it. A tick that hits the bound re-arms at once, so a backlog
+/// drains over the next slow-path calls.
+pub const PURGE_STEP_PAGES: usize = 16384;
 
 /// Blocks isolated per zone-lock hold while purging.
 const PURGE_BATCH: usize = 32;
@@ -209,6 +210,8 @@ pub(crate) struct PageCounts {
     pub(crate) nr_sections: usize,
     /// Pages mapped for sections, metadata included.
     pub(crate) mapped_pages: usize,
+    /// Section header and descriptor pages that are resident (`mincore`).
+    pub(crate) meta_resident: usize,
 }
 
 impl PageCounts {
@@ -674,7 +677,7 @@ impl PageAllocator {
                 // may hand it out or merge it until we put it back.
                 ok[i] = unsafe { os::purge(desc_ptr(d).as_ptr(), os::PAGE_SIZE << order, mode) };
                 self.ev.purge_calls.inc_shared();
-                total += 1 << order;
+                total += ((1 << order) - d.purged_pages(order)).max(1);
             }
             let mut zone = self.zone.lock();
             for (i, &(d, order)) in blocks[..n].iter().flatten().enumerate() {
@@ -699,6 +702,11 @@ impl PageAllocator {
             c.isolated = zone.isolated_pages;
             c.nr_sections = zone.nr_sections;
             c.mapped_pages = zone.sections().map(|s| s.nr_pages).sum();
+            for sec in zone.sections() {
+                let meta = sec.first_pfn_offset.min(sec.nr_pages);
+                // SAFETY: a section's metadata pages are mapped for its life.
+                c.meta_resident += unsafe { os::resident_pages((sec as *const Section).cast(), meta) }.unwrap_or(meta);
+            }
         }
         for pcp in &self.pcp[..self.nr_cpus()] {
             pcp.lock.lock();

@@ -106,7 +106,7 @@ impl PerCpuPages {
     /// Only plain integer fields may be read, and they may be stale.
     pub(crate) unsafe fn inner_unlocked(&self) -> &PcpInner {
         // SAFETY: forwarded.
-        unsafe { &*self.inner.get_untracked() }
+        unsafe { &*self.inner.get_racy() }
     }
 }
 
@@ -189,6 +189,14 @@ impl PcpInner {
     fn refill(&mut self, zone: &Zone, order: u32, mt: MigrateType, pindex: usize) -> bool {
         self.zone_trips += 1;
         let want = self.nr_pcp_alloc(order);
+        // Broken on purpose (loom-tests): chooses each block under one hold
+        // of the zone lock and takes it under the next.
+        #[cfg(loom_broken = "refill_drops_zone_lock")]
+        if crate::sync::broken("refill_drops_zone_lock") {
+            let got = zone.rmqueue_bulk_dropping_lock(order, want, mt, &mut self.lists[pindex]);
+            self.count += got << order;
+            return got > 0;
+        }
         let got = zone.lock().rmqueue_bulk(order, want, mt, &mut self.lists[pindex]);
         self.count += got << order;
         got > 0

@@ -373,12 +373,11 @@ impl<'a> SlabAllocator<'a> {
     /// length (0 when memory ran out).
     fn refill(&self, c: usize) -> (*mut u8, usize) {
         let batch = CLASSES[c].batch as usize;
-        // Broken on purpose (loom-tests): looks for a transfer batch without
-        // the lock and trusts what it saw once it has the lock.
+        // Broken on purpose (loom-tests): looks for a transfer batch under one
+        // hold of the class lock and takes the one it saw under a second.
         #[cfg(loom_broken = "refill_stale_transfer")]
         if crate::sync::broken("refill_stale_transfer") {
-            // SAFETY: a racy read of a plain integer (the bug to catch).
-            let seen = unsafe { (*self.classes[c].inner.get_untracked()).nr_transfer };
+            let seen = self.with_class(c, |inner, _| inner.nr_transfer);
             if seen > 0 {
                 return self.with_class(c, |inner, class| {
                     class.ev.refill.inc();
@@ -783,6 +782,11 @@ impl<'a> SlabAllocator<'a> {
     }
 }
 
+/// Allocations a thread cache serves between two ticks. A tick costs a
+/// coarse-clock read (a few nanoseconds) unless a purge tick is due, so
+/// 256 allocations pay well under a hundredth of a nanosecond each.
+const TICK_ALLOCS: u32 = 256;
+
 /// One free-object list of a thread cache. `count` is an atomic only so that
 /// statistics may read it from another thread; its owner reads and writes it
 /// with plain relaxed loads and stores (ordinary `mov`s, no locked
@@ -815,6 +819,8 @@ pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
+    /// Allocations from the cache until the next tick (see `on_tick`).
+    ticks_left: u32,
     registered: bool,
     reg_next: *mut ThreadCache,
     reg_prev: *mut ThreadCache,
@@ -832,6 +838,7 @@ impl ThreadCache {
         Self {
             bins: [const { Bin { head: ptr::null_mut(), count: AtomicU32::new(0) } }; NR_CLASSES],
             last_gc_ms: 0,
+            ticks_left: TICK_ALLOCS,
             registered: false,
             reg_next: ptr::null_mut(),
             reg_prev: ptr::null_mut(),
@@ -857,9 +864,25 @@ impl ThreadCache {
             // SAFETY: `obj` heads this bin's list of free objects.
             bin.head = unsafe { next_of(obj) };
             bin.set_count(bin.count() - 1);
+            self.ticks_left -= 1;
+            if self.ticks_left == 0 {
+                self.on_tick(slabs, c);
+            }
             return obj;
         }
         self.refill(slabs, c)
+    }
+
+    /// Every `TICK_ALLOCS` allocations served from the cache, one becomes a
+    /// slow call (jemalloc's tcache ticker): a thread whose allocations all
+    /// hit its cache still runs the purge tick and its own cache's decay now
+    /// and then, without which an idle service that only makes small
+    /// allocations would never give its burst back.
+    #[cold]
+    #[inline(never)]
+    fn on_tick(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
+        self.ticks_left = TICK_ALLOCS;
+        self.on_slow_path(slabs, c);
     }
 
     #[cold]

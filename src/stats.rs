@@ -315,8 +315,8 @@ pub struct Stats {
     pub retained: usize,
     /// Bytes of address space mapped: sections (metadata included) and huge blocks.
     pub mapped: usize,
-    /// Bytes of page descriptors covering resident memory, section headers,
-    /// and the allocator's static tables.
+    /// Bytes of resident section headers and page descriptors (asked of
+    /// the OS with `mincore`), and the allocator's static tables.
     pub metadata: usize,
     /// `madvise` calls made to give memory back.
     pub purge_calls: u64,

@@ -106,7 +106,6 @@ impl RawLock {
             futex_wake(&self.state);
         }
     }
-
 }
 
 #[cfg(not(loom))]
@@ -139,14 +138,14 @@ fn futex_wake(_state: &AtomicU32) {}
 
 /// `core::cell::UnsafeCell` for the state a lock guards (a PCP's lists, the
 /// zone, a size class), with one addition under loom: every [`get`] records
-/// a write access in a loom cell, so loom reports any two accesses that
-/// the lock does not order (a path that skipped the lock) as a causality
-/// violation in whichever interleaving they occur, not only when they
-/// happen to corrupt something. Statistics that read counters without the
-/// lock use [`get_untracked`].
+/// a write access in a loom cell, and every [`get_racy`] a read, so loom
+/// reports any two accesses that the lock does not order (a path that
+/// skipped the lock, or a lock-free peek racing with a writer) as a
+/// causality violation in whichever interleaving they occur, not only when
+/// they happen to corrupt something.
 ///
 /// [`get`]: UnsafeCell::get
-/// [`get_untracked`]: UnsafeCell::get_untracked
+/// [`get_racy`]: UnsafeCell::get_racy
 pub(crate) struct UnsafeCell<T> {
     data: core::cell::UnsafeCell<T>,
     #[cfg(loom)]
@@ -171,9 +170,13 @@ impl<T> UnsafeCell<T> {
         self.data.get()
     }
 
-    /// The contents, for racy reads of plain counters (statistics).
+    /// The contents, for reads without the lock (statistics, which accept
+    /// stale values). Under loom a read access: models that read statistics
+    /// do so only when no thread can be writing.
     #[inline(always)]
-    pub(crate) fn get_untracked(&self) -> *mut T {
+    pub(crate) fn get_racy(&self) -> *mut T {
+        #[cfg(loom)]
+        self.access.with(|_| ());
         self.data.get()
     }
 }

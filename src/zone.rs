@@ -156,7 +156,7 @@ impl Zone {
     /// read plain integer fields.
     pub(crate) unsafe fn inner_unlocked(&self) -> &ZoneInner {
         // SAFETY: forwarded.
-        unsafe { &*self.inner.get_untracked() }
+        unsafe { &*self.inner.get_racy() }
     }
 
     /// Broken on purpose (loom-tests): the zone for writing, without its lock.
@@ -168,6 +168,37 @@ impl Zone {
     pub(crate) unsafe fn inner_without_lock(&self) -> &mut ZoneInner {
         // SAFETY: none (see above).
         unsafe { &mut *self.inner.get() }
+    }
+
+    /// Broken on purpose (loom-tests): `rmqueue_bulk` choosing each block
+    /// under one hold of the zone lock and unlinking and splitting it under
+    /// the next, trusting that it is still free and still that block.
+    #[cfg(loom_broken = "refill_drops_zone_lock")]
+    pub(crate) fn rmqueue_bulk_dropping_lock(
+        &self,
+        order: u32,
+        count: usize,
+        mt: MigrateType,
+        list: &mut List,
+    ) -> usize {
+        let mut taken = 0;
+        while taken < count {
+            let chosen = {
+                let zone = self.lock();
+                (order..=MAX_PAGE_ORDER).find_map(|o| zone.get_page_from_free_area(o, mt).map(|d| (d, o)))
+            };
+            let Some((d, o)) = chosen else { break };
+            let mut zone = self.lock();
+            zone.del_from_free_list(d);
+            zone.expand(d, order, o, mt);
+            d.order.set(order as u8);
+            d.state.set(PageState::Pcp);
+            d.migratetype.set(mt);
+            list.push_back(d);
+            taken += 1;
+        }
+        self.lock().ev.pcp_refill.inc();
+        taken
     }
 }
 
@@ -199,9 +230,9 @@ impl ZoneInner {
         d.state.set(PageState::Buddy);
         d.order.set(order as u8);
         d.migratetype.set(mt);
+        self.purged_pages += d.purged_pages(order);
         let area = &mut self.free_area[order as usize];
         let list = if d.flags.get() & PG_PURGED != 0 {
-            self.purged_pages += 1 << order;
             &mut area.purged_list[mt as usize]
         } else {
             &mut area.free_list[mt as usize]
@@ -218,10 +249,10 @@ impl ZoneInner {
     #[inline]
     fn del_from_free_list(&mut self, d: &PageDesc) {
         let order = d.order.get() as usize;
+        self.purged_pages -= d.purged_pages(order as u32);
         let area = &mut self.free_area[order];
         if d.flags.get() & PG_PURGED != 0 {
             area.purged_list[d.migratetype.get() as usize].remove(d);
-            self.purged_pages -= 1 << order;
         } else {
             area.free_list[d.migratetype.get() as usize].remove(d);
         }
@@ -248,6 +279,9 @@ impl ZoneInner {
             trace::point(Fn::Expand, low, mt, u32::MAX, high, pfn);
         }
         let (flags, since) = (d.flags.get(), d.private.get());
+        // A dirty block's non-resident pages are somewhere in it: give each
+        // half its share.
+        let mut purged_within = if flags & PG_PURGED == 0 { d.purged_pages(high) } else { 0 };
         while high > low {
             high -= 1;
             // SAFETY: the upper half lies inside the block being split, which
@@ -255,6 +289,8 @@ impl ZoneInner {
             let half = unsafe { pfn_to_desc(pfn + (1 << high)) };
             half.flags.set(flags);
             half.private.set(since);
+            half.set_purged_within(purged_within / 2);
+            purged_within -= purged_within / 2;
             self.add_to_free_list(half, high, mt, false);
         }
     }
@@ -383,6 +419,9 @@ impl ZoneInner {
         let mt = sec.pageblock_migratetype(pfn);
         let mut flags = d.flags.get();
         let mut since = if flags & PG_PURGED == 0 { self.now_ms } else { u64::MAX };
+        // A block coming in is either purged whole (a purge putting it back)
+        // or resident whole (its owner freed it).
+        let mut purged = if flags & PG_PURGED != 0 { 1usize << order } else { 0 };
         d.state.set(PageState::Tail);
         let t = trace::enter(Fn::FreeOnePage, order, mt);
         t.set_pfn(pfn);
@@ -400,6 +439,7 @@ impl ZoneInner {
             if buddy.flags.get() & PG_PURGED == 0 {
                 since = since.min(buddy.private.get() as u64);
             }
+            purged += buddy.purged_pages(order);
             self.del_from_free_list(buddy);
             if order >= PAGEBLOCK_ORDER {
                 // Merging whole pageblocks: the merged block is one type.
@@ -417,6 +457,7 @@ impl ZoneInner {
         let head = sec.desc_at(pfn - sec.base_pfn());
         head.flags.set(flags);
         head.private.set(if since == u64::MAX { self.now_ms } else { since } as usize);
+        head.set_purged_within(if flags & PG_PURGED != 0 { 0 } else { purged });
         // `buddy_merge_likely`: if the next-higher buddy is free, this block
         // is likely to merge soon; put it at the tail so it is not handed out
         // first.
@@ -487,21 +528,34 @@ impl ZoneInner {
             let (h, o) = containing(p).expect("checked above");
             let d = sec.desc_at(h - base);
             let (flags, since) = (d.flags.get(), d.private.get());
+            // Statistics: pieces of a dirty block share its non-resident pages
+            // in proportion to their size.
+            let per_page = d.purged_pages(o) as f64 / (1u64 << o) as f64;
             let mt = d.migratetype.get();
             self.del_from_free_list(d);
             let block_end = h + (1 << o);
             if h < start {
-                self.add_range_mt(sec, h, start, flags, since, mt);
+                self.add_range_mt(sec, h, start, flags, since, per_page, mt);
             }
             if block_end > end {
-                self.add_range_mt(sec, end, block_end, flags, since, mt);
+                self.add_range_mt(sec, end, block_end, flags, since, per_page, mt);
             }
             p = block_end;
         }
         true
     }
 
-    fn add_range_mt(&mut self, sec: &Section, mut start: usize, end: usize, flags: u8, since: usize, mt: MigrateType) {
+    #[allow(clippy::too_many_arguments)]
+    fn add_range_mt(
+        &mut self,
+        sec: &Section,
+        mut start: usize,
+        end: usize,
+        flags: u8,
+        since: usize,
+        purged_per_page: f64,
+        mt: MigrateType,
+    ) {
         while start < end {
             let mut order = start.trailing_zeros().min(MAX_PAGE_ORDER);
             while start + (1 << order) > end {
@@ -510,6 +564,11 @@ impl ZoneInner {
             let d = sec.desc_at(start - sec.base_pfn());
             d.flags.set(flags);
             d.private.set(since);
+            d.set_purged_within(if flags & PG_PURGED != 0 {
+                0
+            } else {
+                (purged_per_page * (1 << order) as f64) as usize
+            });
             self.add_to_free_list(d, order, mt, false);
             start += 1 << order;
         }
@@ -547,7 +606,9 @@ impl ZoneInner {
                     self.isolated_pages += 1 << order;
                     out[n] = Some((d, order));
                     n += 1;
-                    pages += 1 << order;
+                    // Count the work: pages already purged inside a merged
+                    // dirty block cost nothing to purge again.
+                    pages += (1 << order) - d.purged_pages(order);
                 }
             }
         }
@@ -599,8 +660,9 @@ impl ZoneInner {
                     if d.flags.get() & PG_PURGED != want_purged {
                         return Err(CheckError { what: "purged and dirty blocks on the wrong lists", pfn });
                     }
-                    if want_purged != 0 {
-                        purged += 1 << o;
+                    purged += d.purged_pages(o as u32);
+                    if d.purged_pages(o as u32) > 1 << o {
+                        return Err(CheckError { what: "a free block has more purged pages than pages", pfn });
                     }
                     n += 1;
                 }
@@ -617,7 +679,7 @@ impl ZoneInner {
             return Err(CheckError { what: "free_pages does not match the free lists", pfn: pages });
         }
         if purged != self.purged_pages {
-            return Err(CheckError { what: "purged_pages does not match the purged lists", pfn: purged });
+            return Err(CheckError { what: "purged_pages does not match the free blocks", pfn: purged });
         }
         let mut walked_free = 0;
         for &sec in &self.sections[..self.nr_sections] {
