@@ -148,10 +148,11 @@ pub struct Config {
 /// back to its live set within about two seconds.
 pub const DEFAULT_DECAY_MS: u64 = 1000;
 
-/// Most resident pages one purge tick gives back (64 MiB, a few
-/// milliseconds of `madvise`): a bounded step on an allocation that happens
-/// to run it. A tick that hits the bound re-arms at once, so a backlog
-/// drains over the next slow-path calls.
+/// Resident pages one purge tick gives back (64 MiB, a few milliseconds of
+/// `madvise`), or a quarter of the dirty backlog if that is more: a bounded
+/// step on an allocation that happens to run it. A tick that hits its
+/// budget re-arms at once, so a backlog drains over the next few slow-path
+/// calls.
 pub const PURGE_STEP_PAGES: usize = 16384;
 
 /// Blocks isolated per zone-lock hold while purging.
@@ -628,7 +629,14 @@ impl PageAllocator {
         if let Some(f) = self.config.on_purge_tick {
             f();
         }
-        if self.purge_older_than(now, decay, PURGE_STEP_PAGES) >= PURGE_STEP_PAGES {
+        // A big backlog (a burst just freed) drains in at most four steps;
+        // a small one in steps of `PURGE_STEP_PAGES`.
+        let dirty = {
+            let zone = self.zone.lock();
+            zone.free_pages - zone.purged_pages
+        };
+        let budget = PURGE_STEP_PAGES.max(dirty / 4);
+        if self.purge_older_than(now, decay, budget) >= budget {
             // More is waiting: let the next slow-path call go on.
             self.purge.next_ms.store(now, Relaxed);
         }

@@ -784,8 +784,8 @@ impl<'a> SlabAllocator<'a> {
 
 /// Allocations a thread cache serves between two ticks. A tick costs a
 /// coarse-clock read (a few nanoseconds) unless a purge tick is due, so
-/// 256 allocations pay well under a hundredth of a nanosecond each.
-const TICK_ALLOCS: u32 = 256;
+/// 128 allocations pay a few hundredths of a nanosecond each.
+const TICK_ALLOCS: u32 = 128;
 
 /// One free-object list of a thread cache. `count` is an atomic only so that
 /// statistics may read it from another thread; its owner reads and writes it
