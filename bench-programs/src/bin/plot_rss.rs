@@ -7,7 +7,10 @@
 
 use plotters::prelude::*;
 
-fn read(path: &str) -> Vec<(f64, f64, String)> {
+/// `(seconds since the burst ended, RSS in MiB, phase)` samples.
+type Samples = Vec<(f64, f64, String)>;
+
+fn read(path: &str) -> Samples {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let samples = text
         .lines()
@@ -22,7 +25,7 @@ fn read(path: &str) -> Vec<(f64, f64, String)> {
 }
 
 /// Time relative to the first sample of the idle phase (the burst's end).
-fn shift_to_idle(v: Vec<(f64, f64, String)>) -> Vec<(f64, f64, String)> {
+fn shift_to_idle(v: Samples) -> Samples {
     let t0 = v.iter().find(|p| p.2 == "idle").map_or(0.0, |p| p.0);
     v.into_iter().map(|(t, r, p)| (t - t0, r, p)).collect()
 }
@@ -30,7 +33,7 @@ fn shift_to_idle(v: Vec<(f64, f64, String)>) -> Vec<(f64, f64, String)> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let out = args.next().ok_or("usage: plot_rss OUT.svg NAME=FILE.csv ...")?;
-    let series: Vec<(String, Vec<(f64, f64, String)>)> = args
+    let series: Vec<(String, Samples)> = args
         .map(|a| {
             let (name, file) = a.split_once('=').expect("NAME=FILE.csv");
             (name.to_string(), read(file))

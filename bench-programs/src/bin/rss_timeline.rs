@@ -52,7 +52,7 @@ fn main() {
             samples
         })
     };
-    let mut rng = Rng::new(0x5eed_0f_8a55);
+    let mut rng = Rng::new(0x005e_ed0f_8a55);
     let mut sum = 0u64;
     let live_small: Vec<Block> = (0..2000).map(|i| Block::new(rng.range(16, 512), 8, i as u8)).collect();
     let t = Instant::now();

@@ -1,0 +1,39 @@
+//! fastpath: `PAIRS` allocate+free pairs of 64 bytes through the global
+//! allocator and nothing else, for counting instructions under callgrind
+//! (`benches/programs.py --only fastpath`): the count of a run with 0 pairs
+//! is subtracted, which leaves the pairs' own instructions without timing
+//! noise. One pair before the loop warms the allocator up in both runs.
+//!
+//! Usage: `fastpath [PAIRS]` (default 1,000,000; `--scale F` multiplies it).
+
+use std::alloc::{self, Layout};
+use std::hint::black_box;
+
+fn main() {
+    let mut pairs: u64 = 1_000_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--scale" => {
+                let f: f64 = args.next().and_then(|v| v.parse().ok()).expect("--scale needs a number");
+                pairs = (pairs as f64 * f).round() as u64;
+            }
+            n => pairs = n.parse().expect("usage: fastpath [PAIRS] [--scale F]"),
+        }
+    }
+    let layout = black_box(Layout::from_size_align(64, 8).expect("a valid layout"));
+    let mut checksum = 0u64;
+    for i in 0..pairs + 1 {
+        // SAFETY: the layout has a non-zero size; the block is freed once with it.
+        unsafe {
+            let p = alloc::alloc(layout);
+            if p.is_null() {
+                alloc::handle_alloc_error(layout);
+            }
+            p.write(i as u8);
+            checksum = checksum.wrapping_add(black_box(p).read() as u64);
+            alloc::dealloc(p, layout);
+        }
+    }
+    println!("fastpath: allocator={} pairs={pairs} checksum={checksum:016x}", bench_programs::ALLOCATOR);
+}
