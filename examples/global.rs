@@ -67,7 +67,7 @@ fn main() {
     println!("\n/proc/buddyinfo");
     print!("{}", pcpalloc::buddyinfo());
     println!("\n/proc/pagetypeinfo");
-    print!("{}", pcpalloc::buddyinfo().pagetypeinfo());
+    print!("{}", pcpalloc::pagetypeinfo());
     println!("\n/proc/zoneinfo");
     print!("{}", pcpalloc::zoneinfo());
     println!("\n/proc/vmstat");

@@ -113,6 +113,13 @@ pub fn buddyinfo() -> BuddyInfo {
     PAGES.buddyinfo()
 }
 
+/// `/proc/pagetypeinfo` of the process-wide zone: free blocks per order for
+/// each migratetype.
+#[cfg(not(loom))]
+pub fn pagetypeinfo() -> PageTypeInfo {
+    PAGES.buddyinfo().pagetypeinfo()
+}
+
 /// `/proc/zoneinfo` of the process-wide zone.
 #[cfg(not(loom))]
 pub fn zoneinfo() -> ZoneInfo {

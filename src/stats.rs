@@ -158,8 +158,8 @@ impl BuddyInfo {
     }
 
     /// The `/proc/pagetypeinfo` table: free blocks per order per migratetype.
-    pub fn pagetypeinfo(&self) -> PageTypeInfo<'_> {
-        PageTypeInfo(self)
+    pub fn pagetypeinfo(&self) -> PageTypeInfo {
+        PageTypeInfo(*self)
     }
 }
 
@@ -173,10 +173,12 @@ impl fmt::Display for BuddyInfo {
     }
 }
 
-/// `/proc/pagetypeinfo`'s free-block table; see [`BuddyInfo::pagetypeinfo`].
-pub struct PageTypeInfo<'a>(&'a BuddyInfo);
+/// `/proc/pagetypeinfo`'s free-block table: free blocks per order for each
+/// migratetype. Print it with `{}`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PageTypeInfo(pub BuddyInfo);
 
-impl fmt::Display for PageTypeInfo<'_> {
+impl fmt::Display for PageTypeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Free pages count per migrate type at order      ")?;
         for o in 0..NR_PAGE_ORDERS {
