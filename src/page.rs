@@ -187,6 +187,13 @@ pub(crate) struct Section {
     /// refused a whole one, or a test instance's small arena).
     pub(crate) nr_pages: usize,
     pub(crate) first_pfn_offset: usize,
+    /// `[deferred_pfn, deferred_end)`: the max-order blocks not yet handed
+    /// to the free lists (deferred struct page initialisation), taken one by
+    /// one by `deferred_grow_zone`; guarded by the zone lock. Their
+    /// descriptors are never written before then, so a fresh section costs
+    /// no resident metadata beyond its header.
+    pub(crate) deferred_pfn: Cell<usize>,
+    pub(crate) deferred_end: Cell<usize>,
     /// Migratetype owning each pageblock; guarded by the zone lock.
     pub(crate) pageblock_mt: [Cell<MigrateType>; PAGEBLOCKS_PER_SECTION],
 }

@@ -555,6 +555,26 @@ impl PageAllocator {
         self.maybe_purge();
     }
 
+    /// Frees the allocated blocks that tile the pages `[start, end)` (a
+    /// large block's tiling) straight into the zone under one hold of its
+    /// lock: `free_one_page` for each, so that they merge with each other and
+    /// their free neighbours at once.
+    pub(crate) fn free_range_to_zone(&self, start: usize, end: usize) {
+        {
+            let mut zone = self.zone.lock();
+            zone.ev.pgfree.add((end - start) as u64);
+            for (pfn, order) in crate::large::tiling(start, end) {
+                // SAFETY: the caller frees these blocks, which lie in a live
+                // section; each is an allocated head of its tiling.
+                let d = unsafe { pfn_to_desc(pfn) };
+                free_pages_prepare(d, order);
+                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, pfn);
+                zone.free_one_page(d, order);
+            }
+        }
+        self.maybe_purge();
+    }
+
     // ---- giving memory back -------------------------------------------------
 
     /// The time in ms, from the configured clock.
@@ -868,6 +888,10 @@ impl PageAllocator {
             for mt in 0..MIGRATE_TYPES {
                 info.per_type[mt][o] = area.free_list[mt].iter().count() + area.purged_list[mt].iter().count();
             }
+            if o == MAX_PAGE_ORDER as usize {
+                // Deferred blocks sit in pageblocks still marked Movable.
+                info.per_type[MIGRATE_MOVABLE as usize][o] += zone.deferred_pages >> MAX_PAGE_ORDER;
+            }
         }
         info
     }
@@ -1061,5 +1085,59 @@ mod tests {
         assert_eq!(pages.zoneinfo().pcp_pages, 0);
         assert_eq!(pages.vmstat().pcp_decay_drains, 1);
         pages.check().unwrap();
+    }
+
+    #[test]
+    fn a_section_defers_its_max_order_blocks_until_the_lists_run_dry() {
+        // 64 max-order blocks after the unaligned head of the section.
+        let pages = PageAllocator::new(Config { nr_cpus: 1, ..Config::small(1023 + 64 * 1024, 1) });
+        let p = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        let (head_pages, deferred) = {
+            let zone = pages.zone.lock();
+            let sec = zone.sections().next().unwrap();
+            let head = sec.deferred_pfn.get() - (sec.base_pfn() + sec.first_pfn_offset);
+            (head, zone.deferred_pages)
+        };
+        assert_eq!(head_pages, 1023, "the pages before the first 4 MiB boundary go on the lists at once");
+        assert_eq!(deferred, 64 << MAX_PAGE_ORDER, "the max-order blocks wait");
+        pages.check().unwrap();
+        // Deferred blocks count as free, purged, max-order blocks.
+        let b = pages.buddyinfo();
+        assert_eq!(b.nr_free[MAX_PAGE_ORDER as usize], 64);
+        let z = pages.zoneinfo();
+        assert_eq!(z.free_pages + 1, z.managed_pages);
+        // Their descriptors are untouched: the descriptor array past the head's
+        // few pages is not resident.
+        {
+            let zone = pages.zone.lock();
+            let sec = zone.sections().next().unwrap();
+            let first_deferred = sec.desc_at(sec.deferred_pfn.get() - sec.base_pfn()) as *const PageDesc as usize;
+            let page = (first_deferred & !(os::PAGE_SIZE - 1)) + os::PAGE_SIZE;
+            assert_eq!(resident(page as *mut u8, 64 * os::PAGE_SIZE), 0);
+        }
+        // A max-order allocation takes one deferred block (the lists hold
+        // nothing that big), and only then.
+        pages.free_pages(p, 0);
+        let big = pages.alloc_pages(Gfp::DEFAULT, MAX_PAGE_ORDER).unwrap();
+        assert_eq!(pages.zone.lock().deferred_pages, 63 << MAX_PAGE_ORDER);
+        assert_eq!(big.pfn() % (1 << MAX_PAGE_ORDER), 0);
+        pages.check().unwrap();
+        // Taking every page initialises every block; freeing them all merges
+        // them back to max-order blocks on the lists.
+        let mut held = vec![big];
+        while let Some(q) = pages.alloc_pages(Gfp::NOWAIT, MAX_PAGE_ORDER) {
+            held.push(q);
+        }
+        assert_eq!(held.len(), 64);
+        assert_eq!(pages.zone.lock().deferred_pages, 0);
+        pages.check().unwrap();
+        for q in held {
+            pages.free_pages(q, MAX_PAGE_ORDER);
+        }
+        pages.drain_all_pages();
+        pages.check().unwrap();
+        assert_eq!(pages.buddyinfo().nr_free[MAX_PAGE_ORDER as usize], 64);
+        let z = pages.zoneinfo();
+        assert_eq!(z.free_pages, z.managed_pages);
     }
 }

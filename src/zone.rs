@@ -45,7 +45,11 @@ pub(crate) struct FreeArea {
 ///   `purged_pages` counts their pages; a dirty block's `private` is the
 ///   time it became free;
 /// * `Isolated` blocks (being purged outside the lock) are on no list and
-///   counted nowhere but `isolated_pages`.
+///   counted nowhere but `isolated_pages`;
+/// * a section's deferred range is aligned to `MAX_PAGE_ORDER` blocks, its
+///   descriptors are all zero (`Tail`), and its pages are counted in
+///   `deferred_pages` (and so as free, purged, max-order blocks) and on no
+///   list. Being max-order aligned, it is never any block's buddy below it.
 pub(crate) struct ZoneInner {
     pub(crate) free_area: [FreeArea; NR_PAGE_ORDERS],
     pub(crate) free_pages: usize,
@@ -58,6 +62,10 @@ pub(crate) struct ZoneInner {
     pub(crate) now_ms: u64,
     /// Inside `rmqueue_bulk` (for the `mm_page_alloc_zone_locked` tracepoint).
     in_bulk: bool,
+    /// Free pages in the sections' deferred ranges (see `Section`), counted
+    /// in `free_pages`, `purged_pages` and `free_area[MAX_PAGE_ORDER].nr_free`
+    /// as the free, never-touched max-order blocks they are, but on no list.
+    pub(crate) deferred_pages: usize,
     /// Pages of all sections handed to the buddy allocator.
     pub(crate) managed_pages: usize,
     pub(crate) sections: [*const Section; MAX_SECTIONS],
@@ -126,6 +134,7 @@ crate::sync::maybe_const_fn! {
                 isolated_pages: 0,
                 now_ms: 0,
                 in_bulk: false,
+                deferred_pages: 0,
                 managed_pages: 0,
                 sections: [core::ptr::null(); MAX_SECTIONS],
                 nr_sections: 0,
@@ -374,14 +383,50 @@ impl ZoneInner {
         None
     }
 
-    /// `__rmqueue`: the requested migratetype first, then a fallback.
+    /// `__rmqueue`: the requested migratetype first, then a max-order block
+    /// not yet initialised, then a fallback. Fresh memory comes before
+    /// stealing: a new block costs no resident memory until it is touched,
+    /// and it keeps the migratetypes in pageblocks of their own.
     #[inline]
     pub(crate) fn rmqueue(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let _t = trace::enter(Fn::RmqueueInner, order, mt);
         if let Some(d) = self.rmqueue_smallest(order, mt) {
             return Some(d);
         }
+        if self.deferred_grow_zone(mt) {
+            return self.rmqueue_smallest(order, mt);
+        }
         self.rmqueue_fallback(order, mt)
+    }
+
+    /// `deferred_grow_zone`: hands the next max-order block of a section's
+    /// deferred range to `mt`'s purged list (never touched: zero and not
+    /// resident), claiming its pageblocks for `mt`. False when every
+    /// section is fully initialised.
+    #[cold]
+    fn deferred_grow_zone(&mut self, mt: MigrateType) -> bool {
+        if self.deferred_pages == 0 {
+            return false;
+        }
+        let Some(sec) = self.sections().find(|s| s.deferred_pfn.get() < s.deferred_end.get()) else {
+            return false;
+        };
+        let pfn = sec.deferred_pfn.get();
+        let _t = trace::enter(Fn::DeferredGrowZone, MAX_PAGE_ORDER, mt);
+        sec.deferred_pfn.set(pfn + (1 << MAX_PAGE_ORDER));
+        self.deferred_pages -= 1 << MAX_PAGE_ORDER;
+        self.free_pages -= 1 << MAX_PAGE_ORDER;
+        self.purged_pages -= 1 << MAX_PAGE_ORDER;
+        self.free_area[MAX_PAGE_ORDER as usize].nr_free -= 1;
+        let mut pb = pfn;
+        while pb < pfn + (1 << MAX_PAGE_ORDER) {
+            sec.set_pageblock_migratetype(pb, mt);
+            pb += 1 << PAGEBLOCK_ORDER;
+        }
+        let d = sec.desc_at(pfn - sec.base_pfn());
+        d.flags.set(PG_ZEROED | PG_PURGED);
+        self.add_to_free_list(d, MAX_PAGE_ORDER, mt, true);
+        true
     }
 
     /// `rmqueue_bulk`: takes up to `count` blocks of `order` onto the tail of
@@ -472,12 +517,30 @@ impl ZoneInner {
     /// Hands the usable pages of a new section to the buddy allocator as the
     /// largest aligned blocks, at the tails of the lists so that memory that
     /// is already resident is reused first (`FPI_TO_TAIL`).
+    ///
+    /// Only the pages before the first max-order boundary and after the last
+    /// go on the lists now; the max-order blocks between are deferred (the
+    /// kernel's `DEFERRED_STRUCT_PAGE_INIT`) and taken one at a time by
+    /// `deferred_grow_zone` when the lists run dry. Putting them all on the
+    /// lists at once would write one head descriptor per 4 MiB, each on a
+    /// page of its own: 1 MiB of resident metadata for an idle 1 GiB section.
     pub(crate) fn add_section(&mut self, sec: &'static Section) {
         self.sections[self.nr_sections] = sec;
         self.nr_sections += 1;
         let base = sec.base_pfn();
         let (start, end) = (base + sec.first_pfn_offset, base + sec.nr_pages);
-        self.add_range(sec, start, end, PG_ZEROED | PG_PURGED, true);
+        let max = 1usize << MAX_PAGE_ORDER;
+        let deferred_start = start.next_multiple_of(max).min(end);
+        let deferred_end = deferred_start + (end - deferred_start) / max * max;
+        self.add_range(sec, start, deferred_start, PG_ZEROED | PG_PURGED, true);
+        self.add_range(sec, deferred_end, end, PG_ZEROED | PG_PURGED, true);
+        sec.deferred_pfn.set(deferred_start);
+        sec.deferred_end.set(deferred_end);
+        let deferred = deferred_end - deferred_start;
+        self.deferred_pages += deferred;
+        self.free_pages += deferred;
+        self.purged_pages += deferred;
+        self.free_area[MAX_PAGE_ORDER as usize].nr_free += deferred / max;
         self.managed_pages += end - start;
     }
 
@@ -670,10 +733,18 @@ impl ZoneInner {
                     return Err(CheckError { what: "free list tail pointer wrong", pfn: 0 });
                 }
             }
+            if o == MAX_PAGE_ORDER as usize {
+                n += self.deferred_pages >> MAX_PAGE_ORDER;
+            }
             if n != area.nr_free {
                 return Err(CheckError { what: "nr_free does not match the free lists", pfn: o });
             }
             pages += n << o;
+        }
+        purged += self.deferred_pages;
+        let deferred: usize = self.sections().map(|s| s.deferred_end.get() - s.deferred_pfn.get()).sum();
+        if deferred != self.deferred_pages {
+            return Err(CheckError { what: "deferred_pages does not match the sections", pfn: deferred });
         }
         if pages != self.free_pages {
             return Err(CheckError { what: "free_pages does not match the free lists", pfn: pages });
@@ -687,7 +758,19 @@ impl ZoneInner {
             let sec = unsafe { &*sec };
             let base = sec.base_pfn();
             let (mut p, end) = (base + sec.first_pfn_offset, base + sec.nr_pages);
+            let (deferred_pfn, deferred_end) = (sec.deferred_pfn.get(), sec.deferred_end.get());
+            if deferred_pfn < deferred_end
+                && (!deferred_pfn.is_multiple_of(1 << MAX_PAGE_ORDER)
+                    || !deferred_end.is_multiple_of(1 << MAX_PAGE_ORDER))
+            {
+                return Err(CheckError { what: "deferred range not aligned to max-order blocks", pfn: deferred_pfn });
+            }
             while p < end {
+                if p == deferred_pfn && p < deferred_end {
+                    walked_free += deferred_end - deferred_pfn;
+                    p = deferred_end;
+                    continue;
+                }
                 let d = sec.desc_at(p - base);
                 let order = d.order.get() as u32;
                 match d.state.get() {
