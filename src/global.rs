@@ -15,25 +15,38 @@ use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, T
 use crate::PAGES;
 
 /// The process-wide slab layer, over the process-wide page allocator.
-pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true);
+pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, Some(arm_exit_flush));
 
-/// The thread's object cache. The holder's destructor gives the cached
-/// objects back when the thread exits; from then on (and during other TLS
-/// destructors) `try_with` fails and allocations take the locked path.
-struct CacheHolder(UnsafeCell<ThreadCache>);
+thread_local! {
+    /// The thread's object cache. It has no destructor, so reaching it costs
+    /// no "is it alive yet / still" check (a `thread_local!` with a `Drop`
+    /// pays a state load and branch on every access), and it stays usable
+    /// while other TLS destructors run and after: once `EXIT_FLUSH` has
+    /// killed it, every call through it takes the locked path.
+    static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
+    /// Touched once per thread, by the cache's first slow path; its
+    /// destructor gives the cache back when the thread exits. Since Rust
+    /// 1.93 a `thread_local!` with a destructor never calls the global
+    /// allocator (rust-lang/rust#144465), so the allocator may own one.
+    static EXIT_FLUSH: ExitFlush = const { ExitFlush };
+}
 
-impl Drop for CacheHolder {
+struct ExitFlush;
+
+impl Drop for ExitFlush {
     fn drop(&mut self) {
-        let tc = self.0.get_mut();
-        tc.flush_all(&SLABS);
-        SLABS.unregister(tc);
+        let _ = CACHE.try_with(|c| {
+            // SAFETY: the cache is this thread's alone, and no allocator call
+            // is running on this thread while a TLS destructor runs.
+            unsafe { (*c.get()).kill(&SLABS) }
+        });
     }
 }
 
-thread_local! {
-    // Since Rust 1.93 a `thread_local!` with a destructor never calls the
-    // global allocator (rust-lang/rust#144465), so the allocator may own one.
-    static CACHE: CacheHolder = const { CacheHolder(UnsafeCell::new(ThreadCache::new())) };
+/// The slab layer's exit hook: registers `EXIT_FLUSH`'s destructor; false
+/// if it already ran (the thread is exiting).
+fn arm_exit_flush() -> bool {
+    EXIT_FLUSH.try_with(|_| ()).is_ok()
 }
 
 /// A Rust global allocator built like the Linux kernel's page allocator.
@@ -136,7 +149,7 @@ fn kind(size: usize, align: usize) -> Kind {
 fn small_alloc(c: usize) -> *mut u8 {
     // SAFETY: the cache is this thread's alone, and nothing called from
     // `alloc` re-enters the allocator on this thread.
-    match CACHE.try_with(|h| unsafe { (*h.0.get()).alloc(&SLABS, c) }) {
+    match CACHE.try_with(|h| unsafe { (*h.get()).alloc(&SLABS, c) }) {
         Ok(p) => p,
         Err(_) => SLABS.alloc_one(c),
     }
@@ -147,7 +160,7 @@ fn small_alloc(c: usize) -> *mut u8 {
 #[inline(always)]
 unsafe fn small_free(c: usize, ptr: *mut u8) {
     // SAFETY: as in `small_alloc`; the caller gives us a live object.
-    if CACHE.try_with(|h| unsafe { (*h.0.get()).free(&SLABS, c, ptr) }).is_err() {
+    if CACHE.try_with(|h| unsafe { (*h.get()).free(&SLABS, c, ptr) }).is_err() {
         // SAFETY: forwarded.
         unsafe { SLABS.free_one(c, ptr) }
     }
@@ -433,7 +446,7 @@ pub fn slabinfo() -> crate::stats::SlabInfo {
 pub fn flush_thread_cache() {
     let _ = CACHE.try_with(|h| {
         // SAFETY: the cache is this thread's alone.
-        unsafe { (*h.0.get()).flush_all(&SLABS) }
+        unsafe { (*h.get()).flush_all(&SLABS) }
     });
 }
 

@@ -268,6 +268,10 @@ pub struct SlabAllocator<'a> {
     pub(crate) pages: &'a PageAllocator,
     classes: [CachePadded<SlabClass>; NR_CLASSES],
     track_caches: bool,
+    /// Called when a cache registers (its first slow path): arranges for the
+    /// cache to be given back when its thread exits, and says whether that
+    /// will happen (false during the thread's teardown, too late for it).
+    exit_hook: Option<fn() -> bool>,
     registry_lock: RawLock,
     registry: UnsafeCell<*mut ThreadCache>,
 }
@@ -288,11 +292,12 @@ fn class_array() -> [CachePadded<SlabClass>; NR_CLASSES] {
 }
 
 crate::sync::maybe_const_fn! {
-    pub(crate) fn slab_allocator_new(pages: &PageAllocator, track_caches: bool) -> SlabAllocator<'_> {
+    pub(crate) fn slab_allocator_new(pages: &PageAllocator, track_caches: bool, exit_hook: Option<fn() -> bool>) -> SlabAllocator<'_> {
         SlabAllocator {
             pages,
             classes: class_array(),
             track_caches,
+            exit_hook,
             registry_lock: RawLock::new(),
             registry: UnsafeCell::new(ptr::null_mut()),
         }
@@ -352,7 +357,7 @@ unsafe fn set_next(obj: *mut u8, next: *mut u8) {
 impl<'a> SlabAllocator<'a> {
     /// A slab layer over `pages`.
     pub fn new(pages: &'a PageAllocator) -> Self {
-        slab_allocator_new(pages, false)
+        slab_allocator_new(pages, false, None)
     }
 
     /// Runs `f` with class `c`'s lock held.
@@ -794,6 +799,10 @@ const TICK_ALLOCS: u32 = 128;
 struct Bin {
     head: *mut u8,
     count: AtomicU32,
+    /// The most objects the list may hold: `CLASSES[c].max_cached`, or 0 once
+    /// the cache is dead. Kept here, beside `count`, so that a free compares
+    /// two words of one cache line and reads no table.
+    max: u32,
 }
 
 impl Bin {
@@ -811,12 +820,17 @@ impl Bin {
 /// thread, so alloc and free touch no atomic read-modify-write and take no
 /// lock while a list has objects (alloc) or room (free).
 ///
-/// Invariant: `bins[c]` is a list of exactly `count` free objects of class
-/// `c` (at most `CLASSES[c].max_cached`), linked through their first word;
-/// each counts as in use in its slab. `reg_*` link the registered caches of
-/// a tracking slab layer, under its registry lock.
+/// Invariant: while the cache is live, `bins[c]` is a list of exactly
+/// `count` free objects of class `c` (at most `CLASSES[c].max_cached`),
+/// linked through their first word; each counts as in use in its slab.
+/// Once `dead` (its thread is exiting, see [`ThreadCache::kill`]) every
+/// list is empty with `max` 0, so both fast paths fall through to slow
+/// paths that use the slab layer's locked one-object calls.
+/// `reg_*` link the registered caches of a tracking slab layer, under its
+/// registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
+    dead: bool,
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
     /// Allocations from the cache until the next tick (see `on_tick`).
@@ -824,6 +838,16 @@ pub struct ThreadCache {
     registered: bool,
     reg_next: *mut ThreadCache,
     reg_prev: *mut ThreadCache,
+}
+
+const fn new_bins() -> [Bin; NR_CLASSES] {
+    let mut bins = [const { Bin { head: ptr::null_mut(), count: AtomicU32::new(0), max: 0 } }; NR_CLASSES];
+    let mut c = 0;
+    while c < NR_CLASSES {
+        bins[c].max = CLASSES[c].max_cached as u32;
+        c += 1;
+    }
+    bins
 }
 
 impl Default for ThreadCache {
@@ -836,7 +860,8 @@ impl ThreadCache {
     /// An empty cache.
     pub const fn new() -> Self {
         Self {
-            bins: [const { Bin { head: ptr::null_mut(), count: AtomicU32::new(0) } }; NR_CLASSES],
+            bins: new_bins(),
+            dead: false,
             last_gc_ms: 0,
             ticks_left: TICK_ALLOCS,
             registered: false,
@@ -847,18 +872,51 @@ impl ThreadCache {
 
     /// Objects cached for class `c`.
     pub fn cached(&self, c: usize) -> usize {
+        if self.dead {
+            return 0;
+        }
         self.bins[c].count() as usize
     }
 
     /// Bytes of free objects this cache holds.
     pub fn cached_bytes(&self) -> usize {
+        if self.dead {
+            return 0;
+        }
         self.bins.iter().zip(CLASSES.iter()).map(|(b, sc)| b.count() as usize * sc.size as usize).sum()
+    }
+
+    /// Whether the cache was killed.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Gives every cached object back and stops caching: from now on every
+    /// allocation and free of this cache takes the slab layer's locked
+    /// one-object path. For a thread's exit, when the cache's memory lives on
+    /// but nothing would flush it again.
+    pub fn kill(&mut self, slabs: &SlabAllocator<'_>) {
+        if self.dead {
+            return;
+        }
+        self.flush_all(slabs);
+        slabs.unregister(self);
+        self.dead = true;
+        for bin in &mut self.bins {
+            bin.head = ptr::null_mut();
+            bin.set_count(0);
+            bin.max = 0;
+        }
     }
 
     /// An object of class `c`: the fast path pops the cache's list.
     #[inline(always)]
     pub fn alloc(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
-        let bin = &mut self.bins[c];
+        debug_assert!(c < NR_CLASSES);
+        // SAFETY: every class index comes from `size_to_class`/`class_for`,
+        // which return less than NR_CLASSES; the bounds check would cost the
+        // fast path two instructions.
+        let bin = unsafe { self.bins.get_unchecked_mut(c) };
         let obj = bin.head;
         if !obj.is_null() {
             // SAFETY: `obj` heads this bin's list of free objects.
@@ -866,7 +924,8 @@ impl ThreadCache {
             bin.set_count(bin.count() - 1);
             self.ticks_left -= 1;
             if self.ticks_left == 0 {
-                self.on_tick(slabs, c);
+                // A tail call, so that the fast path saves no registers.
+                return self.on_tick(slabs, c, obj);
             }
             return obj;
         }
@@ -880,16 +939,24 @@ impl ThreadCache {
     /// allocations would never give its burst back.
     #[cold]
     #[inline(never)]
-    fn on_tick(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
+    fn on_tick(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) -> *mut u8 {
         self.ticks_left = TICK_ALLOCS;
         self.on_slow_path(slabs, c);
+        obj
     }
 
     #[cold]
     #[inline(never)]
     fn refill(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
+        if self.dead {
+            return slabs.alloc_one(c);
+        }
         debug_assert_eq!(self.bins[c].count(), 0, "class {c}: an empty list with a count");
         self.on_slow_path(slabs, c);
+        if self.dead {
+            // Registering found the thread already exiting.
+            return slabs.alloc_one(c);
+        }
         let (head, n) = slabs.refill(c);
         if n == 0 {
             return ptr::null_mut();
@@ -908,22 +975,40 @@ impl ThreadCache {
     /// `obj` must be a live object of class `c` from `slabs`, not used again.
     #[inline(always)]
     pub unsafe fn free(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
-        if self.bins[c].count() >= CLASSES[c].max_cached as u32 {
-            self.flush(slabs, c);
+        debug_assert!(c < NR_CLASSES);
+        // SAFETY: as in `alloc`, `c < NR_CLASSES`.
+        let bin = unsafe { self.bins.get_unchecked_mut(c) };
+        if bin.count() >= bin.max {
+            // SAFETY: forwarded.
+            return unsafe { self.free_slow(slabs, c, obj) };
         }
-        let bin = &mut self.bins[c];
         // SAFETY: the object is free now and ours to link.
         unsafe { set_next(obj, bin.head) };
         bin.head = obj;
         bin.set_count(bin.count() + 1);
     }
 
-    /// Hands one batch of class `c` back to the slab layer.
+    /// A free that finds the list full: hands one batch of class `c` back to
+    /// the slab layer first (or, for a dead cache, frees the object alone).
+    ///
+    /// # Safety
+    /// As for `free`.
     #[cold]
     #[inline(never)]
-    fn flush(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
-        self.on_slow_path(slabs, c);
+    unsafe fn free_slow(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
+        if !self.dead {
+            self.on_slow_path(slabs, c);
+        }
+        if self.dead {
+            // SAFETY: forwarded.
+            return unsafe { slabs.free_one(c, obj) };
+        }
         self.flush_batch(slabs, c, CLASSES[c].batch as u32);
+        let bin = &mut self.bins[c];
+        // SAFETY: the object is free now and ours to link.
+        unsafe { set_next(obj, bin.head) };
+        bin.head = obj;
+        bin.set_count(bin.count() + 1);
     }
 
     fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
@@ -955,9 +1040,17 @@ impl ThreadCache {
     fn on_slow_path(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
         if slabs.track_caches && !self.registered {
             // SAFETY: only the process-wide slab layer tracks caches, and its
-            // caches live in thread-local storage, which does not move and
-            // unregisters in its destructor.
+            // caches live in thread-local storage, which does not move, and
+            // are killed (unregistered) by the exit hook's destructor.
             unsafe { slabs.register(self) };
+            if let Some(hook) = slabs.exit_hook {
+                if !hook() {
+                    // Too late: the thread is exiting and nothing would
+                    // flush this cache again. Serve it uncached.
+                    self.kill(slabs);
+                    return;
+                }
+            }
         }
         let now = slabs.pages.now_ms();
         if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
@@ -970,8 +1063,11 @@ impl ThreadCache {
         slabs.pages.maybe_purge();
     }
 
-    /// Gives every cached object back (thread exit, `trim`).
+    /// Gives every cached object back (`trim`, and `kill` at thread exit).
     pub fn flush_all(&mut self, slabs: &SlabAllocator<'_>) {
+        if self.dead {
+            return;
+        }
         for c in 0..NR_CLASSES {
             let count = self.bins[c].count();
             self.flush_batch(slabs, c, count);
@@ -1078,6 +1174,51 @@ mod tests {
         slabs.check().unwrap();
         let info = slabs.class_info(c);
         assert_eq!((info.active_objs, info.num_slabs), (0, 0));
+    }
+
+    #[test]
+    fn a_killed_cache_holds_nothing_and_serves_through_the_locked_path() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let mut tc = ThreadCache::new();
+        let c = size_to_class(48);
+        let p = tc.alloc(&slabs, c);
+        assert!(tc.cached(c) > 0);
+        // Thread exit: everything cached goes back.
+        tc.kill(&slabs);
+        assert!(tc.is_dead());
+        assert_eq!((tc.cached(c), tc.cached_bytes()), (0, 0));
+        assert_eq!(slabs.class_info(c).active_objs, 1, "only the live object is out");
+        // Later allocations and frees (other TLS destructors) work and cache
+        // nothing: each object goes straight back to its slab.
+        let q = tc.alloc(&slabs, c);
+        assert!(!q.is_null() && q != p);
+        assert_eq!(slabs.class_info(c).active_objs, 2);
+        // SAFETY: live objects of class `c` from `slabs`.
+        unsafe {
+            tc.free(&slabs, c, q);
+            tc.free(&slabs, c, p);
+        }
+        assert_eq!(tc.cached(c), 0);
+        assert_eq!(slabs.class_info(c).active_objs, 0);
+        slabs.check().unwrap();
+    }
+
+    #[test]
+    fn a_cache_first_used_during_thread_exit_is_never_armed() {
+        let pages = private_pages();
+        // The exit hook says the thread is already exiting.
+        let slabs = slab_allocator_new(pages, true, Some(|| false));
+        let mut tc = ThreadCache::new();
+        let c = size_to_class(100);
+        let p = tc.alloc(&slabs, c);
+        assert!(!p.is_null());
+        assert!(tc.is_dead(), "nothing would flush it: it must not cache");
+        assert_eq!(slabs.class_info(c).active_objs, 1);
+        // SAFETY: a live object of class `c`.
+        unsafe { tc.free(&slabs, c, p) };
+        assert_eq!(slabs.class_info(c).active_objs, 0);
+        slabs.check().unwrap();
     }
 
     #[test]
