@@ -12,6 +12,7 @@
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::AtomicU8;
 
 use crate::os::PAGE_SIZE;
 
@@ -125,7 +126,13 @@ pub(crate) struct PageDesc {
     pub(crate) migratetype: Cell<MigrateType>,
     pub(crate) flags: Cell<u8>,
     pub(crate) slab_class: Cell<u8>,
-    _pad: u8,
+    /// On every page of a slab: the tag of the thread cache that last took
+    /// objects from the slab (`SlabAllocator::gather`). A free compares it
+    /// with its own cache's tag to tell its own objects from other threads'
+    /// (SLUB's `slab == c->slab` test); read and written without a common
+    /// lock, so atomic, and only a hint: a stale value sends an object down
+    /// the other of two correct paths.
+    pub(crate) slab_owner: AtomicU8,
     pub(crate) slab_inuse: Cell<u16>,
     /// The kernel's `page->private`: the slab's free list, or a free block's
     /// free-since time.

@@ -184,6 +184,21 @@ const fn clamp(v: usize, lo: usize, hi: usize) -> usize {
 /// Every size class's shape.
 pub static CLASSES: [SizeClass; NR_CLASSES] = make_classes();
 
+/// Bytes in a cache line.
+const CACHE_LINE: usize = 64;
+
+/// The classes smaller than a cache line: several of their objects share a
+/// line, so a thread that reuses another thread's object writes into a line
+/// that thread is using (false sharing, Hoard's "passive" case), and every
+/// write then moves the line between CPUs. Their frees check whose slab the
+/// object came from and give other threads' objects back instead of keeping
+/// them. Objects of a line or more share a line only at their edges (not at
+/// all when the size is a multiple of 64): there, checking every free would
+/// cost more than it saves, since with slabs shared between threads most
+/// frees would then count as remote and go back a batch at a time.
+pub const NR_SUBLINE_CLASSES: usize = size_to_class(CACHE_LINE);
+const _: () = assert!(class_size(NR_SUBLINE_CLASSES) == CACHE_LINE && class_size(NR_SUBLINE_CLASSES - 1) < CACHE_LINE);
+
 /// Full batches a class keeps for O(1) hand-over between threads.
 const TRANSFER_SLOTS: usize = 16;
 /// Empty slabs a class keeps before giving them back to the page layer
@@ -272,6 +287,10 @@ pub struct SlabAllocator<'a> {
     /// cache to be given back when its thread exits, and says whether that
     /// will happen (false during the thread's teardown, too late for it).
     exit_hook: Option<fn() -> bool>,
+    /// The last tag handed to a thread cache (tags 1..=255 cycle; 0 is no
+    /// cache). Two caches may share a tag once more than 255 exist: then
+    /// each takes the other's objects for its own, as if there were no tags.
+    last_tag: core::sync::atomic::AtomicU8,
     registry_lock: RawLock,
     registry: UnsafeCell<*mut ThreadCache>,
 }
@@ -298,6 +317,7 @@ crate::sync::maybe_const_fn! {
             classes: class_array(),
             track_caches,
             exit_hook,
+            last_tag: core::sync::atomic::AtomicU8::new(0),
             registry_lock: RawLock::new(),
             registry: UnsafeCell::new(ptr::null_mut()),
         }
@@ -376,7 +396,7 @@ impl<'a> SlabAllocator<'a> {
     /// (O(1)), else `batch` objects gathered from partial slabs, taking new
     /// slabs from the page allocator as needed. Returns the list and its
     /// length (0 when memory ran out).
-    fn refill(&self, c: usize) -> (*mut u8, usize) {
+    fn refill(&self, c: usize, tag: u8) -> (*mut u8, usize) {
         let batch = CLASSES[c].batch as usize;
         // Broken on purpose (loom-tests): looks for a transfer batch under one
         // hold of the class lock and takes the one it saw under a second.
@@ -400,13 +420,19 @@ impl<'a> SlabAllocator<'a> {
                 class.ev.transfer_hit.inc();
                 return (inner.transfer[inner.nr_transfer], batch);
             }
-            self.gather(inner, class, c, batch)
+            self.gather(inner, class, c, batch, tag)
         })
     }
 
     /// Takes up to `want` objects from partial slabs (and new ones), linked
-    /// into a list. Called under the class lock.
-    fn gather(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, want: usize) -> (*mut u8, usize) {
+    /// into a list. A slab whose first object it takes (a new or an empty
+    /// one) becomes `tag`'s: that cache's frees of objects from it stay in
+    /// the cache; everyone else's go back in batches (for the classes below
+    /// a cache line). A slab shared with other caches stays its first
+    /// taker's, so a thread never reuses an object whose line neighbours
+    /// another thread may hold. Called under the class lock.
+    fn gather(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, want: usize, tag: u8) -> (*mut u8, usize) {
+        let slab_pages = 1usize << CLASSES[c].slab_order;
         let (mut head, mut n) = (ptr::null_mut(), 0);
         while n < want {
             let slab = match inner.partial.first() {
@@ -418,6 +444,12 @@ impl<'a> SlabAllocator<'a> {
             };
             if slab.slab_inuse.get() == 0 {
                 inner.nr_empty -= 1;
+                // An empty slab belongs to whoever takes its first object.
+                let pfn = desc_to_pfn(slab);
+                for i in 0..slab_pages {
+                    // SAFETY: the slab's pages lie in a live section.
+                    unsafe { pfn_to_desc(pfn + i) }.slab_owner.store(tag, Relaxed);
+                }
             }
             let mut free = slab.slab_free();
             let mut taken = 0;
@@ -530,10 +562,20 @@ impl<'a> SlabAllocator<'a> {
         }
     }
 
+    /// A tag for a new thread cache: 1..=255, round robin.
+    fn next_tag(&self) -> u8 {
+        let t = self.last_tag.fetch_add(1, Relaxed).wrapping_add(1);
+        if t == 0 {
+            self.last_tag.fetch_add(1, Relaxed).wrapping_add(1)
+        } else {
+            t
+        }
+    }
+
     /// One object without a thread cache (after the thread's cache is torn
     /// down). Null when memory ran out.
     pub(crate) fn alloc_one(&self, c: usize) -> *mut u8 {
-        self.with_class(c, |inner, class| self.gather(inner, class, c, 1).0)
+        self.with_class(c, |inner, class| self.gather(inner, class, c, 1, 0).0)
     }
 
     /// Frees one object without a thread cache.
@@ -799,10 +841,18 @@ const TICK_ALLOCS: u32 = 128;
 struct Bin {
     head: *mut u8,
     count: AtomicU32,
-    /// The most objects the list may hold: `CLASSES[c].max_cached`, or 0 once
-    /// the cache is dead. Kept here, beside `count`, so that a free compares
+    /// The most objects the list may hold: `CLASSES[c].max_cached`, or 0
+    /// before the cache's first slow path and once it is dead. Kept here, beside `count`, so that a free compares
     /// two words of one cache line and reads no table.
     max: u32,
+    /// Objects of this class freed by this thread from slabs another cache
+    /// took them from: never handed out again here (reusing another
+    /// thread's object puts this thread's writes in cache lines that thread
+    /// is using: false sharing), but given back a batch at a time, like
+    /// snmalloc's remote-free batches. `nr_remote` is atomic for statistics
+    /// only, like `count`.
+    remote: *mut u8,
+    nr_remote: AtomicU32,
 }
 
 impl Bin {
@@ -822,7 +872,8 @@ impl Bin {
 ///
 /// Invariant: while the cache is live, `bins[c]` is a list of exactly
 /// `count` free objects of class `c` (at most `CLASSES[c].max_cached`),
-/// linked through their first word; each counts as in use in its slab.
+/// and `remote` one of exactly `nr_remote` (fewer than `CLASSES[c].batch`),
+/// both linked through their first word; each counts as in use in its slab.
 /// Once `dead` (its thread is exiting, see [`ThreadCache::kill`]) every
 /// list is empty with `max` 0, so both fast paths fall through to slow
 /// paths that use the slab layer's locked one-object calls.
@@ -830,6 +881,9 @@ impl Bin {
 /// registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
+    /// This cache's tag in the slabs it takes objects from (0 until its
+    /// first slow path).
+    tag: u8,
     dead: bool,
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
@@ -840,14 +894,19 @@ pub struct ThreadCache {
     reg_prev: *mut ThreadCache,
 }
 
+/// A new cache's lists: empty and closed (`max` 0), so that its first
+/// allocation and its first free both take a slow path, which gives the
+/// cache its tag, registers it and arms its exit flush before opening them.
 const fn new_bins() -> [Bin; NR_CLASSES] {
-    let mut bins = [const { Bin { head: ptr::null_mut(), count: AtomicU32::new(0), max: 0 } }; NR_CLASSES];
-    let mut c = 0;
-    while c < NR_CLASSES {
-        bins[c].max = CLASSES[c].max_cached as u32;
-        c += 1;
-    }
-    bins
+    [const {
+        Bin {
+            head: ptr::null_mut(),
+            count: AtomicU32::new(0),
+            max: 0,
+            remote: ptr::null_mut(),
+            nr_remote: AtomicU32::new(0),
+        }
+    }; NR_CLASSES]
 }
 
 impl Default for ThreadCache {
@@ -861,6 +920,7 @@ impl ThreadCache {
     pub const fn new() -> Self {
         Self {
             bins: new_bins(),
+            tag: 0,
             dead: false,
             last_gc_ms: 0,
             ticks_left: TICK_ALLOCS,
@@ -883,7 +943,20 @@ impl ThreadCache {
         if self.dead {
             return 0;
         }
-        self.bins.iter().zip(CLASSES.iter()).map(|(b, sc)| b.count() as usize * sc.size as usize).sum()
+        self.bins
+            .iter()
+            .zip(CLASSES.iter())
+            .map(|(b, sc)| (b.count() + b.nr_remote.load(Relaxed)) as usize * sc.size as usize)
+            .sum()
+    }
+
+    /// Objects of class `c` freed here from other caches' slabs, waiting to
+    /// go back as a batch.
+    pub fn remote(&self, c: usize) -> usize {
+        if self.dead {
+            return 0;
+        }
+        self.bins[c].nr_remote.load(Relaxed) as usize
     }
 
     /// Whether the cache was killed.
@@ -957,7 +1030,7 @@ impl ThreadCache {
             // Registering found the thread already exiting.
             return slabs.alloc_one(c);
         }
-        let (head, n) = slabs.refill(c);
+        let (head, n) = slabs.refill(c, self.tag);
         if n == 0 {
             return ptr::null_mut();
         }
@@ -976,6 +1049,15 @@ impl ThreadCache {
     #[inline(always)]
     pub unsafe fn free(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
         debug_assert!(c < NR_CLASSES);
+        if c < NR_SUBLINE_CLASSES {
+            // SAFETY: the caller gives a live object of this layer, which
+            // lies in a slab of a live section.
+            let owner = unsafe { pfn_to_desc(obj as usize >> PAGE_SHIFT) }.slab_owner.load(Relaxed);
+            if owner != self.tag {
+                // SAFETY: forwarded.
+                return unsafe { self.free_remote(slabs, c, obj) };
+            }
+        }
         // SAFETY: as in `alloc`, `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
         if bin.count() >= bin.max {
@@ -986,6 +1068,48 @@ impl ThreadCache {
         unsafe { set_next(obj, bin.head) };
         bin.head = obj;
         bin.set_count(bin.count() + 1);
+    }
+
+    /// A free of an object from a slab another cache took it from: onto the
+    /// remote list, which goes back to the class a whole batch at a time (a
+    /// transfer slot takes it in O(1), and the next refill of any thread
+    /// takes it from there).
+    ///
+    /// # Safety
+    /// As for `free`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_remote(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
+        if self.tag == 0 && !self.dead {
+            // The first slow path of a thread that frees before it allocates.
+            self.on_slow_path(slabs, c);
+        }
+        if self.dead {
+            // SAFETY: forwarded.
+            return unsafe { slabs.free_one(c, obj) };
+        }
+        let bin = &mut self.bins[c];
+        // SAFETY: the object is free now and ours to link.
+        unsafe { set_next(obj, bin.remote) };
+        bin.remote = obj;
+        let n = bin.nr_remote.load(Relaxed) + 1;
+        bin.nr_remote.store(n, Relaxed);
+        if n >= CLASSES[c].batch as u32 {
+            self.on_slow_path(slabs, c);
+            self.flush_remote(slabs, c);
+        }
+    }
+
+    /// Hands class `c`'s remote list back to the slab layer.
+    fn flush_remote(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
+        let bin = &mut self.bins[c];
+        let n = bin.nr_remote.load(Relaxed) as usize;
+        if n == 0 || self.dead {
+            return;
+        }
+        let head = core::mem::replace(&mut bin.remote, ptr::null_mut());
+        bin.nr_remote.store(0, Relaxed);
+        slabs.flush(c, head, n);
     }
 
     /// A free that finds the list full: hands one batch of class `c` back to
@@ -1003,7 +1127,9 @@ impl ThreadCache {
             // SAFETY: forwarded.
             return unsafe { slabs.free_one(c, obj) };
         }
-        self.flush_batch(slabs, c, CLASSES[c].batch as u32);
+        if self.bins[c].count() >= self.bins[c].max {
+            self.flush_batch(slabs, c, CLASSES[c].batch as u32);
+        }
         let bin = &mut self.bins[c];
         // SAFETY: the object is free now and ours to link.
         unsafe { set_next(obj, bin.head) };
@@ -1038,11 +1164,16 @@ impl ThreadCache {
     /// and run a purge tick of the page allocator if one is due.
     #[inline]
     fn on_slow_path(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
-        if slabs.track_caches && !self.registered {
-            // SAFETY: only the process-wide slab layer tracks caches, and its
-            // caches live in thread-local storage, which does not move, and
-            // are killed (unregistered) by the exit hook's destructor.
-            unsafe { slabs.register(self) };
+        if self.tag == 0 {
+            // The first slow path: tag, register, arm, open.
+            self.tag = slabs.next_tag();
+            if slabs.track_caches {
+                // SAFETY: only the process-wide slab layer tracks caches, and
+                // its caches live in thread-local storage, which does not
+                // move, and are killed (unregistered) by the exit hook's
+                // destructor.
+                unsafe { slabs.register(self) };
+            }
             if let Some(hook) = slabs.exit_hook {
                 if !hook() {
                     // Too late: the thread is exiting and nothing would
@@ -1051,6 +1182,9 @@ impl ThreadCache {
                     return;
                 }
             }
+            for (bin, sc) in self.bins.iter_mut().zip(CLASSES.iter()) {
+                bin.max = sc.max_cached as u32;
+            }
         }
         let now = slabs.pages.now_ms();
         if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
@@ -1058,6 +1192,7 @@ impl ThreadCache {
             for other in (0..NR_CLASSES).filter(|&o| o != c) {
                 let count = self.bins[other].count();
                 self.flush_batch(slabs, other, count);
+                self.flush_remote(slabs, other);
             }
         }
         slabs.pages.maybe_purge();
@@ -1071,6 +1206,7 @@ impl ThreadCache {
         for c in 0..NR_CLASSES {
             let count = self.bins[c].count();
             self.flush_batch(slabs, c, count);
+            self.flush_remote(slabs, c);
         }
     }
 }
@@ -1219,6 +1355,66 @@ mod tests {
         unsafe { tc.free(&slabs, c, p) };
         assert_eq!(slabs.class_info(c).active_objs, 0);
         slabs.check().unwrap();
+    }
+
+    #[test]
+    fn small_objects_of_another_threads_slabs_go_back_in_batches_and_are_not_reused() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let (mut owner, mut other) = (ThreadCache::new(), ThreadCache::new());
+        let c = size_to_class(16);
+        assert!(c < NR_SUBLINE_CLASSES);
+        let batch = CLASSES[c].batch as usize;
+        // The owner's objects sit side by side, several to a cache line.
+        let mine: Vec<*mut u8> = (0..batch).map(|_| owner.alloc(&slabs, c)).collect();
+        // The other thread frees one: it is kept apart, not handed out again.
+        // SAFETY: live objects of class `c` from `slabs`.
+        unsafe { other.free(&slabs, c, mine[0]) };
+        assert_eq!((other.cached(c), other.remote(c)), (0, 1));
+        let its_own = other.alloc(&slabs, c);
+        assert_ne!(its_own, mine[0]);
+        let line = |p: *mut u8| p as usize / CACHE_LINE;
+        assert!(mine.iter().all(|&p| line(p) != line(its_own)), "a fresh batch shares no line with the owner's");
+        // That batch came from the owner's slab, which stays the owner's: the
+        // other thread gives back even the objects it took from it.
+        // SAFETY: as above.
+        unsafe { other.free(&slabs, c, its_own) };
+        assert_eq!(other.remote(c), 2);
+        // They go back as one batch, once there is a batch of them.
+        let flushes = slabs.class_info(c).flushes;
+        for &p in &mine[1..] {
+            // SAFETY: as above.
+            unsafe { other.free(&slabs, c, p) };
+        }
+        let info = slabs.class_info(c);
+        assert_eq!(info.flushes, flushes + 1);
+        assert_eq!(info.transfer_objs, batch);
+        assert_eq!(other.remote(c), 1);
+        // The owner's own frees stay in its cache.
+        let o = owner.alloc(&slabs, c);
+        let cached = owner.cached(c);
+        // SAFETY: as above.
+        unsafe { owner.free(&slabs, c, o) };
+        assert_eq!((owner.cached(c), owner.remote(c)), (cached + 1, 0));
+        // A slab the other thread starts is its own.
+        let c2 = size_to_class(32);
+        let q = other.alloc(&slabs, c2);
+        let cached = other.cached(c2);
+        // SAFETY: a live object of class `c2`.
+        unsafe { other.free(&slabs, c2, q) };
+        assert_eq!((other.cached(c2), other.remote(c2)), (cached + 1, 0));
+        // Objects of a line or more are not checked: the free keeps them.
+        let big = size_to_class(64);
+        let b = owner.alloc(&slabs, big);
+        // SAFETY: a live object of class `big`.
+        unsafe { other.free(&slabs, big, b) };
+        assert_eq!((other.cached(big), other.remote(big)), (1, 0));
+        owner.flush_all(&slabs);
+        other.flush_all(&slabs);
+        slabs.shrink();
+        slabs.check().unwrap();
+        assert_eq!(slabs.class_info(c).active_objs, 0);
+        assert_eq!(slabs.class_info(big).active_objs, 0);
     }
 
     #[test]

@@ -368,3 +368,31 @@ fn thread_churn_keeps_rss_flat() {
     // 3000 threads would add hundreds of MiB.
     assert!(after < before + (16 << 20), "RSS grew from {before} to {after} over 3000 threads");
 }
+
+#[test]
+fn a_thread_does_not_reuse_small_objects_another_thread_allocated() {
+    // Hoard's passive false sharing (cache-scratch): objects made side by side
+    // by one thread are handed to others, who free them and allocate their
+    // own. Reusing the freed object would put two threads' writes in one
+    // cache line. (Objects of 64 bytes or more fill whole lines and are
+    // reused as usual.)
+    for size in [1usize, 8, 24, 48] {
+        let given: Vec<Box<[u8]>> = (0..8).map(|i| vec![i as u8; size].into_boxed_slice()).collect();
+        let handles: Vec<_> = given
+            .into_iter()
+            .map(|b| {
+                thread::spawn(move || {
+                    let freed = b.as_ptr() as usize;
+                    drop(b);
+                    let mine: Vec<Box<[u8]>> = (0..4).map(|_| vec![7u8; size].into_boxed_slice()).collect();
+                    for m in &mine {
+                        assert_ne!(m.as_ptr() as usize, freed, "a {size}-byte object of another thread reused");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+}
