@@ -433,7 +433,11 @@ impl<'a> SlabAllocator<'a> {
     /// another thread may hold. Called under the class lock.
     fn gather(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, want: usize, tag: u8) -> (*mut u8, usize) {
         let slab_pages = 1usize << CLASSES[c].slab_order;
-        let (mut head, mut n) = (ptr::null_mut(), 0);
+        // The batch is runs cut off the front of each slab's free list and
+        // joined in order: objects keep their slab's order (address order in
+        // a new slab), so the program gets them walking memory forward, and
+        // only a run's last object is written.
+        let (mut head, mut tail, mut n): (*mut u8, *mut u8, usize) = (ptr::null_mut(), ptr::null_mut(), 0);
         while n < want {
             let slab = match inner.partial.first() {
                 Some(s) => s,
@@ -451,21 +455,34 @@ impl<'a> SlabAllocator<'a> {
                     unsafe { pfn_to_desc(pfn + i) }.slab_owner.store(tag, Relaxed);
                 }
             }
-            let mut free = slab.slab_free();
-            let mut taken = 0;
-            while n < want && !free.is_null() {
-                let obj = free;
-                // SAFETY: `obj` is on the slab's free list.
-                free = unsafe { next_of(obj) };
-                // SAFETY: the object is now ours to link into the batch.
-                unsafe { set_next(obj, head) };
-                head = obj;
-                n += 1;
+            // A slab on the partial list has at least one free object.
+            let first = slab.slab_free();
+            debug_assert!(!first.is_null());
+            let mut last = first;
+            // SAFETY: `first` is on the slab's free list.
+            let mut free = unsafe { next_of(first) };
+            let mut taken = 1;
+            while n + taken < want && !free.is_null() {
+                last = free;
+                // SAFETY: `free` is on the slab's free list.
+                free = unsafe { next_of(free) };
                 taken += 1;
             }
+            // SAFETY: the run `first..=last` is ours now; cut it off the slab's
+            // list and append it to the batch.
+            unsafe {
+                set_next(last, ptr::null_mut());
+                if tail.is_null() {
+                    head = first;
+                } else {
+                    set_next(tail, first);
+                }
+            }
+            tail = last;
+            n += taken;
             slab.set_slab_free(free);
-            slab.slab_inuse.set(slab.slab_inuse.get() + taken);
-            inner.inuse += taken as usize;
+            slab.slab_inuse.set(slab.slab_inuse.get() + taken as u16);
+            inner.inuse += taken;
             if free.is_null() {
                 inner.partial.remove(slab);
             }
@@ -1415,6 +1432,32 @@ mod tests {
         slabs.check().unwrap();
         assert_eq!(slabs.class_info(c).active_objs, 0);
         assert_eq!(slabs.class_info(big).active_objs, 0);
+    }
+
+    #[test]
+    fn a_refill_hands_out_a_new_slab_in_address_order() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let mut tc = ThreadCache::new();
+        for size in [8usize, 48, 640] {
+            let c = size_to_class(size);
+            let n = 3 * CLASSES[c].batch as usize;
+            let got: Vec<usize> = (0..n).map(|_| tc.alloc(&slabs, c) as usize).collect();
+            // Within each slab, each object is the next one up: the program
+            // walks memory forward, which is what hardware prefetchers follow.
+            let slab_bytes = PAGE_SIZE << CLASSES[c].slab_order;
+            for w in got.windows(2) {
+                if w[0] / slab_bytes == w[1] / slab_bytes {
+                    assert_eq!(w[1], w[0] + class_size(c), "class {}: {:#x} then {:#x}", class_size(c), w[0], w[1]);
+                }
+            }
+            for p in got {
+                // SAFETY: live objects of class `c`.
+                unsafe { tc.free(&slabs, c, p as *mut u8) };
+            }
+        }
+        tc.flush_all(&slabs);
+        slabs.check().unwrap();
     }
 
     #[test]
