@@ -291,6 +291,13 @@ pub struct SlabAllocator<'a> {
     /// cache). Two caches may share a tag once more than 255 exist: then
     /// each takes the other's objects for its own, as if there were no tags.
     last_tag: core::sync::atomic::AtomicU8,
+    /// Large blocks' requested bytes and pages (wrapping sums of signed
+    /// deltas) accounted by no live registered cache: those of exited
+    /// threads' caches, and of calls made without a cache. The live caches
+    /// keep their own (see `ThreadCache::account_large`); statistics add
+    /// both, under the registry lock.
+    large_requested: core::sync::atomic::AtomicUsize,
+    large_pages: core::sync::atomic::AtomicUsize,
     registry_lock: RawLock,
     registry: UnsafeCell<*mut ThreadCache>,
 }
@@ -318,6 +325,8 @@ crate::sync::maybe_const_fn! {
             track_caches,
             exit_hook,
             last_tag: core::sync::atomic::AtomicU8::new(0),
+            large_requested: core::sync::atomic::AtomicUsize::new(0),
+            large_pages: core::sync::atomic::AtomicUsize::new(0),
             registry_lock: RawLock::new(),
             registry: UnsafeCell::new(ptr::null_mut()),
         }
@@ -579,6 +588,12 @@ impl<'a> SlabAllocator<'a> {
         }
     }
 
+    /// Adds large-block deltas to the layer's own sums (no cache).
+    pub(crate) fn account_large(&self, requested: usize, pages: usize) {
+        self.large_requested.fetch_add(requested, Relaxed);
+        self.large_pages.fetch_add(pages, Relaxed);
+    }
+
     /// A tag for a new thread cache: 1..=255, round robin.
     fn next_tag(&self) -> u8 {
         let t = self.last_tag.fetch_add(1, Relaxed).wrapping_add(1);
@@ -713,12 +728,33 @@ impl<'a> SlabAllocator<'a> {
         self.registry_lock.unlock();
     }
 
-    /// Removes a thread cache from the registry (thread exit).
+    /// The large-block sums over every cache, live or gone: (requested
+    /// bytes, pages). Takes the registry lock.
+    pub(crate) fn large_totals(&self) -> (usize, usize) {
+        self.registry_lock.lock();
+        let (mut req, mut pages) = (self.large_requested.load(Relaxed), self.large_pages.load(Relaxed));
+        // SAFETY: the registry is guarded by its lock; registered caches stay
+        // alive until they unregister, which takes the same lock.
+        let mut tc = unsafe { *self.registry.get() };
+        // SAFETY (loop condition): as above.
+        while let Some(cache) = unsafe { tc.as_ref() } {
+            req = req.wrapping_add(cache.large_requested.load(Relaxed));
+            pages = pages.wrapping_add(cache.large_pages.load(Relaxed));
+            tc = cache.reg_next;
+        }
+        self.registry_lock.unlock();
+        (req, pages)
+    }
+
+    /// Removes a thread cache from the registry (thread exit), handing its
+    /// large-block sums to the layer's.
     pub(crate) fn unregister(&self, tc: &mut ThreadCache) {
         if !tc.registered {
             return;
         }
         self.registry_lock.lock();
+        self.large_requested.fetch_add(tc.large_requested.swap(0, Relaxed), Relaxed);
+        self.large_pages.fetch_add(tc.large_pages.swap(0, Relaxed), Relaxed);
         // SAFETY: guarded by the registry lock; neighbours are registered,
         // hence alive.
         unsafe {
@@ -902,6 +938,13 @@ pub struct ThreadCache {
     /// first slow path).
     tag: u8,
     dead: bool,
+    /// This thread's share of the large blocks' requested bytes and pages
+    /// (wrapping sums of signed deltas: a block freed here that another
+    /// thread allocated subtracts). Atomic only so that statistics may read
+    /// them; the owner updates them with a plain load and store, so a large
+    /// allocation pays no locked instruction for its accounting.
+    large_requested: core::sync::atomic::AtomicUsize,
+    large_pages: core::sync::atomic::AtomicUsize,
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
     /// Allocations from the cache until the next tick (see `on_tick`).
@@ -939,6 +982,8 @@ impl ThreadCache {
             bins: new_bins(),
             tag: 0,
             dead: false,
+            large_requested: core::sync::atomic::AtomicUsize::new(0),
+            large_pages: core::sync::atomic::AtomicUsize::new(0),
             last_gc_ms: 0,
             ticks_left: TICK_ALLOCS,
             registered: false,
@@ -979,6 +1024,25 @@ impl ThreadCache {
     /// Whether the cache was killed.
     pub fn is_dead(&self) -> bool {
         self.dead
+    }
+
+    /// Adds a large block's requested bytes and pages (wrapping deltas, so
+    /// a free passes their negation) to this cache's sums, or to the slab
+    /// layer's when the cache is not registered (or is dead) and statistics
+    /// would not see it.
+    #[inline]
+    pub(crate) fn account_large(&mut self, slabs: &SlabAllocator<'_>, requested: usize, pages: usize) {
+        if self.tag == 0 {
+            // A thread whose first allocation is a large one: set the cache
+            // up (tag, registration, exit flush) as a small one would.
+            self.on_slow_path(slabs, 0);
+        }
+        if self.registered && !self.dead {
+            self.large_requested.store(self.large_requested.load(Relaxed).wrapping_add(requested), Relaxed);
+            self.large_pages.store(self.large_pages.load(Relaxed).wrapping_add(pages), Relaxed);
+        } else {
+            slabs.account_large(requested, pages);
+        }
     }
 
     /// Gives every cached object back and stops caching: from now on every
