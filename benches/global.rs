@@ -10,11 +10,22 @@
 //! `System`'s heap with the `system` runs).
 //!
 //! Cases:
-//! - `pair/<size>`: `alloc` + `dealloc` of one block, 1000 pairs per iteration.
+//! - `pair/<size>`: `alloc` + `dealloc` of one block, 1000 pairs per iteration,
+//!   for size classes from 8 B to 32 KiB and page sizes from 4 KiB to 4 MiB
+//!   (blocks of a page or more are touched once per page, as a program would).
 //! - `batch1000x64`: 1000 allocations of 64 B, then the 1000 frees in the same order.
+//! - `n_then_free/<N>_<order>`: N allocations of 8 B..1 KiB (a fixed
+//!   pseudo-random size each), then the N frees, in allocation order or in a
+//!   fixed random order; N = 100 and 10 000.
 //! - `realloc_doubling`: one block grown from 8 B to 1 MiB by doubling, then freed.
+//! - `realloc_doubling_64m`: the same to 64 MiB.
+//! - `realloc_step_1k`: one block grown from 8 B to 64 MiB in steps of 1 KiB
+//!   (65 536 reallocs), each step writing its new KiB.
 //! - `producer_consumer`: one thread allocates 64 B objects, another frees them.
 //! - `mixed_random`: random allocs and frees of 8 B..8 KiB over 1024 slots.
+//! - `threads/<T>`: T threads, each pinned to a CPU of its own (as far as
+//!   there are CPUs), each running `mixed_random`'s operations on slots of its
+//!   own; throughput is all threads' operations per second of wall time.
 //!
 //! Every case writes into the blocks it gets and checks, where it is cheap,
 //! that what it wrote is still there when it reads or frees the block, so a
@@ -88,10 +99,66 @@ fn pair<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A, size: usize) {
         b.iter(|| {
             for i in 0..PAIRS {
                 let p = alloc(name, a, layout);
-                // SAFETY: `p` is a live block of `size >= 1` bytes.
-                unsafe { p.write(i as u8) };
+                // SAFETY: `p` is a live block of `size >= 1` bytes; every
+                // offset written is below `size`.
+                unsafe {
+                    let mut off = 0;
+                    while off < size {
+                        p.add(off).write(i as u8);
+                        off += 4096;
+                    }
+                }
                 // SAFETY: `p` was allocated just above by `a` with `layout`.
                 unsafe { a.dealloc(black_box(p), layout) };
+            }
+        })
+    });
+}
+
+// ---- n_then_free/<N>_<order> -------------------------------------------------------
+
+/// Sizes (8 B..1 KiB, log-uniform) and a free order for `n` blocks, the same
+/// for every allocator: `(sizes, order)`; `order` is a permutation of `0..n`,
+/// the identity unless `random`.
+fn n_then_free_plan(n: usize, random: bool) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = XorShift(SEED ^ n as u64);
+    let sizes = (0..n)
+        .map(|_| {
+            let r = rng.next();
+            let base = 8usize << (r % 7);
+            base + ((r >> 8) as usize) % (base + 1)
+        })
+        .map(|s| s.min(1024))
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    if random {
+        for i in (1..n).rev() {
+            order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        }
+    }
+    (sizes, order)
+}
+
+fn n_then_free<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A, n: usize, random: bool) {
+    let (sizes, order) = n_then_free_plan(n, random);
+    let mut held: Vec<*mut u8> = vec![std::ptr::null_mut(); n];
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            for (i, &size) in sizes.iter().enumerate() {
+                let p = alloc(name, a, layout(size));
+                // SAFETY: `p` is a live block of `size >= 8` bytes.
+                unsafe { p.write(i as u8) };
+                held[i] = p;
+            }
+            for &i in &order {
+                let p = held[i];
+                // SAFETY: `p` is live (allocated above, freed only here) and
+                // was written at offset 0.
+                if unsafe { p.read() } != i as u8 {
+                    corrupted(name, "n_then_free", "a held block was overwritten (handed out twice?)");
+                }
+                // SAFETY: `p` was allocated above by `a` with `layout(sizes[i])`.
+                unsafe { a.dealloc(p, layout(sizes[i])) };
             }
         })
     });
@@ -128,9 +195,8 @@ fn batch<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
 // ---- realloc_doubling -------------------------------------------------------------
 
 const REALLOC_FROM: usize = 8;
-const REALLOC_TO: usize = 1 << 20;
 
-fn realloc_doubling<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
+fn realloc_doubling<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A, to: usize) {
     g.bench_function(name, |b| {
         b.iter(|| {
             let mut size = REALLOC_FROM;
@@ -140,7 +206,7 @@ fn realloc_doubling<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
                 p.write(0xA5);
                 p.add(size - 1).write(size.trailing_zeros() as u8);
             }
-            while size < REALLOC_TO {
+            while size < to {
                 let new_size = size * 2;
                 // SAFETY: `p` is live, allocated by `a` with `layout(size)`;
                 // `new_size` is non-zero and fits `isize` once aligned.
@@ -162,6 +228,42 @@ fn realloc_doubling<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
                         off += 4096;
                     }
                     q.add(new_size - 1).write(new_size.trailing_zeros() as u8);
+                }
+                p = q;
+                size = new_size;
+            }
+            // SAFETY: `p` is live, allocated (by `realloc`) with `layout(size)`.
+            unsafe { a.dealloc(black_box(p), layout(size)) };
+        })
+    });
+}
+
+// ---- realloc_step_1k ------------------------------------------------------------
+
+const STEP: usize = 1024;
+const STEP_TO: usize = 64 << 20;
+
+fn realloc_step<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let mut size = REALLOC_FROM;
+            let mut p = alloc(name, a, layout(size));
+            // SAFETY: `p` is a live block of `size` bytes.
+            unsafe { p.write(0x5A) };
+            while size < STEP_TO {
+                let new_size = if size < STEP { STEP } else { size + STEP };
+                // SAFETY: `p` is live, allocated by `a` with `layout(size)`.
+                let q = unsafe { a.realloc(p, layout(size), new_size) };
+                if q.is_null() {
+                    null_alloc(name, layout(new_size));
+                }
+                // SAFETY: `q` is a live block of `new_size` bytes that kept the
+                // old block's bytes, offset 0 included.
+                unsafe {
+                    if q.read() != 0x5A {
+                        corrupted(name, "realloc_step_1k", "realloc lost the old contents");
+                    }
+                    q.add(size).write_bytes(1, new_size - size);
                 }
                 p = q;
                 size = new_size;
@@ -384,10 +486,74 @@ unsafe fn free_slot<A: GlobalAlloc>(name: &str, a: &A, i: usize, p: *mut u8, siz
     unsafe { a.dealloc(p, layout(size)) };
 }
 
+// ---- threads/<T> -------------------------------------------------------------------
+
+/// One thread's share of `threads/<T>`: `rounds` times `mixed_random`'s
+/// operation sequence (its own seed) over slots of its own.
+fn mixed_rounds<A: GlobalAlloc>(name: &str, a: &A, seed: u64, rounds: u64) {
+    let mut slots: Vec<(*mut u8, usize)> = vec![(std::ptr::null_mut(), 0); SLOTS];
+    for _ in 0..rounds {
+        let mut rng = XorShift(seed);
+        for _ in 0..MIXED_OPS {
+            let r = rng.next();
+            let i = slot_of(r);
+            let (p, size) = slots[i];
+            if p.is_null() {
+                let size = size_of(r);
+                let p = alloc(name, a, layout(size));
+                // SAFETY: `p` is a live block of `size >= 8` bytes.
+                unsafe {
+                    p.write(i as u8);
+                    p.add(size - 1).write(i as u8);
+                }
+                slots[i] = (p, size);
+            } else {
+                // SAFETY: a live block of this thread's, written at both ends.
+                unsafe { free_slot(name, a, i, p, size) };
+                slots[i] = (std::ptr::null_mut(), 0);
+            }
+        }
+    }
+    for (i, (p, size)) in slots.into_iter().enumerate() {
+        if !p.is_null() {
+            // SAFETY: as above.
+            unsafe { free_slot(name, a, i, p, size) };
+        }
+    }
+}
+
+fn threads<A: GlobalAlloc + Sync>(g: &mut Group, name: &str, a: &'static A, nthreads: usize) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let barrier = std::sync::Barrier::new(nthreads + 1);
+            thread::scope(|s| {
+                for t in 0..nthreads {
+                    let (barrier, core) = (&barrier, cores.get(t % cores.len().max(1)).copied());
+                    s.spawn(move || {
+                        if let Some(c) = core {
+                            core_affinity::set_for_current(c);
+                        }
+                        barrier.wait();
+                        mixed_rounds(name, a, SEED ^ (t as u64 + 1), iters);
+                        barrier.wait();
+                    });
+                }
+                barrier.wait();
+                let start = Instant::now();
+                barrier.wait();
+                start.elapsed()
+            })
+        })
+    });
+}
+
 // ---- groups -------------------------------------------------------------------------
 
 fn benches(c: &mut Criterion) {
-    for size in [16, 64, 256, 1024, 4096, 65536] {
+    // Size classes 8 B..32 KiB, then page sizes 4 KiB..4 MiB.
+    let sizes = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262_144, 1 << 20, 4 << 20];
+    for size in sizes {
         let mut g = c.benchmark_group(format!("pair/{size}"));
         g.throughput(Throughput::Elements(PAIRS as u64));
         each_allocator!(pair, &mut g, size);
@@ -399,9 +565,30 @@ fn benches(c: &mut Criterion) {
     each_allocator!(batch, &mut g);
     g.finish();
 
+    for n in [100, 10_000] {
+        for (order, random) in [("inorder", false), ("random", true)] {
+            let mut g = c.benchmark_group(format!("n_then_free/{n}_{order}"));
+            g.throughput(Throughput::Elements(n as u64));
+            each_allocator!(n_then_free, &mut g, n, random);
+            g.finish();
+        }
+    }
+
     // One element is the whole chain, 8 B -> 1 MiB (17 reallocs).
     let mut g = c.benchmark_group("realloc_doubling");
-    each_allocator!(realloc_doubling, &mut g);
+    each_allocator!(realloc_doubling, &mut g, 1 << 20);
+    g.finish();
+
+    // 8 B -> 64 MiB (23 reallocs), every page of the grown block touched.
+    let mut g = c.benchmark_group("realloc_doubling_64m");
+    g.sample_size(10);
+    each_allocator!(realloc_doubling, &mut g, 64 << 20);
+    g.finish();
+
+    // 8 B -> 64 MiB in 65 536 steps of 1 KiB.
+    let mut g = c.benchmark_group("realloc_step_1k");
+    g.sample_size(10);
+    each_allocator!(realloc_step, &mut g);
     g.finish();
 
     let mut g = c.benchmark_group("producer_consumer");
@@ -413,6 +600,17 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(mixed_ops()));
     each_allocator!(mixed_random, &mut g);
     g.finish();
+
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let mut counts: Vec<usize> =
+        std::iter::successors(Some(1usize), |t| Some(t * 2)).take_while(|&t| t < cpus).collect();
+    counts.push(cpus);
+    for t in counts {
+        let mut g = c.benchmark_group(format!("threads/{t}"));
+        g.throughput(Throughput::Elements(mixed_ops() * t as u64));
+        each_allocator!(threads, &mut g, t);
+        g.finish();
+    }
 }
 
 fn config() -> Criterion {

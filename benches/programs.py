@@ -15,7 +15,9 @@ Three parts, each selectable with --only:
                    (group name: programs); targets: pcpalloc's median time <= jemalloc's,
                    peak RSS <= 1.1 x jemalloc's
   fastpath         instructions for 1,000,000 alloc+free pairs of 64 B under
-                   `valgrind --tool=callgrind`, minus a run with 0 pairs
+                   `valgrind --tool=callgrind`, minus a run with 0 pairs; and the page
+                   API's alloc_page+free_page pairs with the trace feature off and
+                   compiled in (target/bench-pcpalloc-trace)
   page_threads     64 threads on 2 CPUs allocating and freeing pages: time, peak RSS, and
                    the memory held in caches with all 64 threads alive and after they exit
                    (jemalloc's figure comes from a build with its statistics compiled in,
@@ -259,12 +261,12 @@ def fastpath():
     if subprocess.run(["valgrind", "--version"], capture_output=True).returncode != 0:
         return "## Fast path (callgrind)\n\nvalgrind not found; skipped.\n"
 
-    def count(a, pairs):
-        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", exe(a, "fastpath"), str(pairs)]
+    def count(a, pairs, program="fastpath"):
+        argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", exe(a, program), str(pairs)]
         _, _, code, out, err = run(argv)
         m = re.search(r"Collected\s*:\s*(\d+)", err)
         if code != 0 or not m:
-            raise SystemExit(f"callgrind of fastpath ({a}) failed:\n{out}\n{err}")
+            raise SystemExit(f"callgrind of {program} ({a}) failed:\n{out}\n{err}")
         return int(m.group(1))
 
     rows, per = [], {}
@@ -275,13 +277,30 @@ def fastpath():
         rows.append([a, f"{full:,}", f"{base:,}", f"{per[a]:.2f}"])
     for r in rows:
         r.append(fmt_ratio(per["pcpalloc"], per[r[0]]))
+
+    # The page API's fast path, with the trace feature off and compiled in.
+    page_rows = []
+    for build_name, label in [("pcpalloc", "off (default)"), ("pcpalloc-trace", "compiled in, not recording")]:
+        full, base = count(build_name, FASTPATH_PAIRS, "pagepath"), count(build_name, 0, "pagepath")
+        p = (full - base) / FASTPATH_PAIRS
+        log(f"  pagepath {label:27} {full} - {base} instructions = {p:.2f} per pair")
+        nm = subprocess.run(["nm", "-C", exe(build_name, "pagepath")], capture_output=True, text=True).stdout
+        hooks = sum(1 for line in nm.splitlines() if "pcpalloc::trace::" in line)
+        page_rows.append([label, f"{full:,}", f"{base:,}", f"{p:.2f}", str(hooks)])
     return "\n".join([
         "## Fast path: instructions per alloc+free pair (callgrind)", "",
         f"`valgrind --tool=callgrind` of `fastpath`: {FASTPATH_PAIRS:,} pairs of `alloc` + `dealloc` of 64 B "
         "(align 8) through the global allocator, minus a run with 0 pairs (both do one warm-up pair). "
         "Instruction counts, so no timing noise; the loop's own work (a write, a read, the counter) is included.", "",
         table(["allocator", f"instructions, {FASTPATH_PAIRS:,} pairs", "instructions, 0 pairs", "per pair",
-               "pcpalloc / this"], rows), ""])
+               "pcpalloc / this"], rows), "",
+        f"The page allocator's own fast path, `pagepath`: {FASTPATH_PAIRS:,} pairs of `alloc_page` + `free_page` "
+        "(`rmqueue_pcplist` and `free_unref_page_commit` on this CPU's list), built with pcpalloc's `trace` "
+        "feature off and with it compiled in but not recording; `trace symbols` counts the functions of "
+        "`pcpalloc::trace` left in the binary (`nm`). With the feature off the hooks are gone, so the first "
+        "row is the fast path's cost with no tracing at all.", "",
+        table(["trace feature", f"instructions, {FASTPATH_PAIRS:,} pairs", "instructions, 0 pairs", "per pair",
+               "trace symbols"], page_rows), ""])
 
 
 def parse_page_threads(out):
@@ -379,6 +398,8 @@ def main():
     builds = list(ALLOCATORS)
     if "page_threads" in only:
         builds.append("jemalloc-stats")
+    if "fastpath" in only:
+        builds.append("pcpalloc-trace")
     if not args.no_build:
         build(builds)
 

@@ -21,13 +21,18 @@ import re
 import sys
 
 ALLOCATORS = ["pcpalloc", "jemalloc", "mimalloc", "system"]
-CASE_ORDER = ["pair", "batch1000x64", "realloc_doubling", "producer_consumer", "mixed_random"]
+CASE_ORDER = ["pair", "batch1000x64", "n_then_free", "realloc_doubling", "realloc_doubling_64m", "realloc_step_1k",
+              "producer_consumer", "mixed_random", "threads"]
 UNITS = {
     "pair": "alloc+free pair",
     "batch1000x64": "alloc+free (of 1000 held)",
+    "n_then_free": "alloc+free (of N held)",
     "realloc_doubling": "whole chain 8 B -> 1 MiB",
+    "realloc_doubling_64m": "whole chain 8 B -> 64 MiB",
+    "realloc_step_1k": "whole chain 8 B -> 64 MiB, +1 KiB steps",
     "producer_consumer": "object, alloc -> other thread -> free",
     "mixed_random": "alloc or free",
+    "threads": "alloc or free, all threads",
 }
 
 
@@ -66,7 +71,8 @@ def load(root):
 def sort_key(group):
     head, _, tail = group.partition("/")
     rank = CASE_ORDER.index(head) if head in CASE_ORDER else len(CASE_ORDER)
-    num = int(tail) if re.fullmatch(r"\d+", tail) else -1
+    m = re.match(r"\d+", tail)
+    num = int(m.group(0)) if m else -1
     return (rank, head, num, tail)
 
 
