@@ -390,9 +390,10 @@ impl PageAllocator {
         let trips = inner.zone_trips;
         let got = inner.rmqueue_pcplist(&self.zone, order, mt);
         let went_to_zone = inner.zone_trips != trips;
+        let resize = core::mem::take(&mut inner.resize_wanted);
         pcp.lock.unlock();
         if went_to_zone {
-            self.maybe_purge();
+            self.after_zone_trip(resize);
         }
         match got {
             Some(d) => PcpResult::Got(d),
@@ -403,15 +404,26 @@ impl PageAllocator {
     /// `rmqueue_buddy`: one block straight from the zone.
     fn rmqueue_buddy(&self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
         let _t = trace::enter(Fn::RmqueueBuddy, order, mt);
-        let d = {
+        let (d, resize) = {
             let mut zone = self.zone.lock();
             let d = zone.rmqueue(order, mt)?;
             zone.ev.pgalloc.add(1 << order);
             d.migratetype.set(mt);
-            d
+            (d, zone.pcp_resize)
         };
-        self.maybe_purge();
+        self.after_zone_trip(resize);
         Some(d)
+    }
+
+    /// What a call that went to the zone does once it holds no lock: resize
+    /// the PCPs if the zone said (under its lock) that enough deferred
+    /// blocks came into service, and run a purge tick if one is due.
+    #[inline]
+    fn after_zone_trip(&self, resize: bool) {
+        if resize {
+            self.zone_pcp_update();
+        }
+        self.maybe_purge();
     }
 
     /// `__alloc_pages_slowpath`, userspace edition: nothing can be reclaimed
@@ -457,13 +469,12 @@ impl PageAllocator {
         }
         // mmap outside the zone lock: it can take long.
         let Some(sec) = map_section(index, self.config.section_pages) else { return false };
-        let managed = {
+        {
             let mut zone = self.zone.lock();
             zone.add_section(sec);
             zone.ev.grow.inc();
-            zone.managed_pages
-        };
-        self.zone_pcp_update(managed);
+        }
+        self.zone_pcp_update();
         if index == 0 {
             if let Some(f) = self.config.on_first_grow {
                 f();
@@ -473,10 +484,22 @@ impl PageAllocator {
     }
 
     /// Sets every PCP's `batch` and `high` from the zone's size.
-    fn zone_pcp_update(&self, managed: usize) {
+    ///
+    /// The size that counts is the zone's pages *in service*: a section's
+    /// deferred blocks are address space until `deferred_grow_zone` hands
+    /// them over, and sizing the lists for a whole 1 GiB section let a
+    /// program with a few MiB live keep 2.5 MiB per CPU on its lists. As
+    /// blocks come into service (each doubling), the PCPs are sized again.
+    fn zone_pcp_update(&self) {
+        let in_service = {
+            let mut zone = self.zone.lock();
+            zone.pcp_resize = false;
+            zone.pcp_sized_for = zone.in_service();
+            zone.pcp_sized_for
+        };
         let nr = self.nr_cpus();
-        let batch = self.config.batch.unwrap_or_else(|| zone_batchsize(managed));
-        let high = self.config.high.unwrap_or_else(|| zone_highsize(managed, batch, nr));
+        let batch = self.config.batch.unwrap_or_else(|| zone_batchsize(in_service));
+        let high = self.config.high.unwrap_or_else(|| zone_highsize(in_service, batch, nr));
         for pcp in &self.pcp[..nr] {
             pcp.lock.lock();
             // SAFETY: we hold the PCP lock.
@@ -803,6 +826,7 @@ impl PageAllocator {
             if locked {
                 // SAFETY: we hold the PCP lock until the unlock below.
                 let inner = unsafe { pcp.locked() };
+                let trips = inner.zone_trips;
                 let mut slots = pages[window].iter_mut().filter(|p| p.is_none());
                 got = inner.rmqueue_pcplist_many(&self.zone, 0, mt, to_fill, |d| {
                     d.migratetype.set(mt);
@@ -812,7 +836,12 @@ impl PageAllocator {
                     }
                 });
                 inner.ev.bulk.inc();
+                let went_to_zone = inner.zone_trips != trips;
+                let resize = core::mem::take(&mut inner.resize_wanted);
                 pcp.lock.unlock();
+                if went_to_zone {
+                    self.after_zone_trip(resize);
+                }
             } else {
                 pcp.trylock_fail.inc_shared();
             }
@@ -1156,6 +1185,36 @@ mod tests {
         // from the dirty block instead, which costs no new RSS.
         let p = pages.alloc_pages(Gfp::NOWAIT, 0).unwrap();
         assert!(dirty.contains(&p.pfn()), "page {:#x} is not from the dirty block {dirty:#x?}", p.pfn());
+        pages.free_pages(p, 0);
+        pages.drain_all_pages();
+        pages.check().unwrap();
+    }
+
+    #[test]
+    fn pcp_lists_are_sized_for_the_pages_in_service_and_grow_with_them() {
+        use crate::pcp::{zone_batchsize, zone_highsize};
+        let pages = PageAllocator::new(Config { nr_cpus: 2, ..Config::small(1023 + 64 * 1024, 1) });
+        let p = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        // Only the section's 1023-page head is in service: the kernel's
+        // formulas for a 4 MiB zone, not for the 260 MiB section.
+        let (_, high, batch) = pages.zoneinfo().pcp[0];
+        assert_eq!((batch, high), (zone_batchsize(1023), zone_highsize(1023, zone_batchsize(1023), 2)));
+        assert!(high < zone_highsize(1023 + 64 * 1024, zone_batchsize(1023 + 64 * 1024), 2));
+        // Bring 31 max-order blocks into service (32 MiB): sized again.
+        let held: Vec<Page> = (0..31).map(|_| pages.alloc_pages(Gfp::NOWAIT, MAX_PAGE_ORDER).unwrap()).collect();
+        let in_service = 1023 + 31 * 1024;
+        // One more zone trip (a PCP refill) applies it.
+        let q: Vec<Page> = (0..200).map(|_| pages.alloc_pages(Gfp::DEFAULT, 0).unwrap()).collect();
+        let (_, high2, batch2) = pages.zoneinfo().pcp[0];
+        assert_eq!(batch2, zone_batchsize(in_service));
+        assert_eq!(high2, zone_highsize(in_service, batch2, 2));
+        assert!(high2 > high);
+        for b in held {
+            pages.free_pages(b, MAX_PAGE_ORDER);
+        }
+        for b in q {
+            pages.free_pages(b, 0);
+        }
         pages.free_pages(p, 0);
         pages.drain_all_pages();
         pages.check().unwrap();

@@ -44,6 +44,9 @@ pub(crate) struct PcpInner {
     /// whole decay time (the kernel's `decay_pcp_high` in spirit).
     pub(crate) used: bool,
     pub(crate) idle_ticks: u8,
+    /// A refill found the zone asking for the PCPs to be sized again (see
+    /// `ZoneInner::pcp_resize`); the caller does it once the lock is dropped.
+    pub(crate) resize_wanted: bool,
     pub(crate) ev: PcpEvents,
 }
 
@@ -79,6 +82,7 @@ crate::sync::maybe_const_fn! {
                 zone_trips: 0,
                 used: false,
                 idle_ticks: 0,
+                resize_wanted: false,
                 ev: PcpEvents::new(),
             }),
             trylock_fail: Counter::new(),
@@ -160,6 +164,14 @@ impl PcpInner {
         self.used = true;
         let mut got = 0;
         while got < want {
+            // An empty list is refilled with what the request still needs
+            // if that is more than a refill takes (one zone-lock hold for
+            // the whole remainder, which is what a bulk call is for; on a
+            // small zone `batch` is 1 or 3).
+            let rest = want - got;
+            if self.lists[pindex].is_empty() && rest > self.nr_pcp_alloc(order) {
+                self.refill_n(zone, order, mt, pindex, rest);
+            }
             if self.lists[pindex].is_empty() {
                 match self.rmqueue_pcplist(zone, order, mt) {
                     Some(d) => {
@@ -187,8 +199,16 @@ impl PcpInner {
     #[cold]
     #[inline(never)]
     fn refill(&mut self, zone: &Zone, order: u32, mt: MigrateType, pindex: usize) -> bool {
-        self.zone_trips += 1;
         let want = self.nr_pcp_alloc(order);
+        self.refill_n(zone, order, mt, pindex, want)
+    }
+
+    /// One `rmqueue_bulk` of `want` blocks onto an empty list. Whether any
+    /// came.
+    #[cold]
+    #[inline(never)]
+    fn refill_n(&mut self, zone: &Zone, order: u32, mt: MigrateType, pindex: usize, want: usize) -> bool {
+        self.zone_trips += 1;
         // Broken on purpose (loom-tests): chooses each block under one hold
         // of the zone lock and takes it under the next.
         #[cfg(loom_broken = "refill_drops_zone_lock")]
@@ -197,7 +217,10 @@ impl PcpInner {
             self.count += got << order;
             return got > 0;
         }
-        let got = zone.lock().rmqueue_bulk(order, want, mt, &mut self.lists[pindex]);
+        let mut zone = zone.lock();
+        let got = zone.rmqueue_bulk(order, want, mt, &mut self.lists[pindex]);
+        self.resize_wanted |= zone.pcp_resize;
+        drop(zone);
         self.count += got << order;
         got > 0
     }

@@ -68,6 +68,11 @@ pub(crate) struct ZoneInner {
     pub(crate) deferred_pages: usize,
     /// Pages of all sections handed to the buddy allocator.
     pub(crate) managed_pages: usize,
+    /// The pages in service (`managed_pages - deferred_pages`) the PCPs'
+    /// `batch` and `high` were last sized for, and whether enough have come
+    /// into service since (twice as many) that they should be sized again.
+    pub(crate) pcp_sized_for: usize,
+    pub(crate) pcp_resize: bool,
     pub(crate) sections: [*const Section; MAX_SECTIONS],
     pub(crate) nr_sections: usize,
     pub(crate) ev: ZoneEvents,
@@ -136,6 +141,8 @@ crate::sync::maybe_const_fn! {
                 in_bulk: false,
                 deferred_pages: 0,
                 managed_pages: 0,
+                pcp_sized_for: 0,
+                pcp_resize: false,
                 sections: [core::ptr::null(); MAX_SECTIONS],
                 nr_sections: 0,
                 ev: ZoneEvents::new(),
@@ -439,7 +446,17 @@ impl ZoneInner {
         let d = sec.desc_at(pfn - sec.base_pfn());
         d.flags.set(PG_ZEROED | PG_PURGED);
         self.add_to_free_list(d, MAX_PAGE_ORDER, mt, true);
+        if self.in_service() >= 2 * self.pcp_sized_for {
+            self.pcp_resize = true;
+        }
         true
+    }
+
+    /// Pages the zone has put in service: managed, less the deferred ones
+    /// (the kernel's `managed_pages` grows the same way as deferred struct
+    /// pages are initialised).
+    pub(crate) fn in_service(&self) -> usize {
+        self.managed_pages - self.deferred_pages
     }
 
     /// `rmqueue_bulk`: takes up to `count` blocks of `order` onto the tail of

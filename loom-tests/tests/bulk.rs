@@ -1,6 +1,7 @@
 //! Model 3: `alloc_pages_bulk_array` on one thread while another allocates
 //! and frees single pages on the same CPU. The bulk call holds the PCP for
-//! its whole batch (refilling it twice inside); the other thread's try-lock
+//! its whole batch (refilling the empty list with all it still needs, one
+//! `rmqueue_bulk` inside); the other thread's try-lock
 //! fails meanwhile and it goes to the zone. If the other thread holds the
 //! PCP first, the bulk call gets one page the ordinary way instead.
 #![cfg(loom)]
