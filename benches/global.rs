@@ -440,36 +440,48 @@ fn mixed_random<A: GlobalAlloc>(g: &mut Group, name: &str, a: &'static A) {
     let mut slots: Box<[(*mut u8, usize); SLOTS]> = Box::new([(std::ptr::null_mut(), 0); SLOTS]);
     g.bench_function(name, |b| {
         b.iter(|| {
-            let mut rng = XorShift(SEED);
-            for _ in 0..MIXED_OPS {
-                let r = rng.next();
-                let i = slot_of(r);
-                let (p, size) = slots[i];
-                if p.is_null() {
-                    let size = size_of(r);
-                    let p = alloc(name, a, layout(size));
-                    // SAFETY: `p` is a live block of `size >= 8` bytes.
-                    unsafe {
-                        p.write(i as u8);
-                        p.add(size - 1).write(i as u8);
-                    }
-                    slots[i] = (p, size);
-                } else {
-                    // SAFETY: `p` is a live block of `size` bytes allocated by
-                    // `a` with `layout(size)`, written at both ends.
-                    unsafe { free_slot(name, a, i, p, size) };
-                    slots[i] = (std::ptr::null_mut(), 0);
-                }
-            }
-            for (i, slot) in slots.iter_mut().enumerate() {
-                let (p, size) = std::mem::replace(slot, (std::ptr::null_mut(), 0));
-                if !p.is_null() {
-                    // SAFETY: as above.
-                    unsafe { free_slot(name, a, i, p, size) };
-                }
-            }
+            mixed_sequence(name, a, &mut slots[..], SEED);
+            free_slots(name, a, &mut slots[..]);
         })
     });
+}
+
+/// `MIXED_OPS` random operations from `seed` over `slots`: an empty slot
+/// gets a block of a random size, a full one is checked and freed.
+#[inline(always)]
+fn mixed_sequence<A: GlobalAlloc>(name: &str, a: &A, slots: &mut [(*mut u8, usize)], seed: u64) {
+    let mut rng = XorShift(seed);
+    for _ in 0..MIXED_OPS {
+        let r = rng.next();
+        let i = slot_of(r);
+        let (p, size) = slots[i];
+        if p.is_null() {
+            let size = size_of(r);
+            let p = alloc(name, a, layout(size));
+            // SAFETY: `p` is a live block of `size >= 8` bytes.
+            unsafe {
+                p.write(i as u8);
+                p.add(size - 1).write(i as u8);
+            }
+            slots[i] = (p, size);
+        } else {
+            // SAFETY: `p` is a live block of `size` bytes allocated by `a`
+            // with `layout(size)`, written at both ends.
+            unsafe { free_slot(name, a, i, p, size) };
+            slots[i] = (std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Frees what `mixed_sequence` left in `slots`, in slot order.
+fn free_slots<A: GlobalAlloc>(name: &str, a: &A, slots: &mut [(*mut u8, usize)]) {
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let (p, size) = std::mem::replace(slot, (std::ptr::null_mut(), 0));
+        if !p.is_null() {
+            // SAFETY: a live block from `mixed_sequence`, written at both ends.
+            unsafe { free_slot(name, a, i, p, size) };
+        }
+    }
 }
 
 /// # Safety
@@ -493,33 +505,9 @@ unsafe fn free_slot<A: GlobalAlloc>(name: &str, a: &A, i: usize, p: *mut u8, siz
 fn mixed_rounds<A: GlobalAlloc>(name: &str, a: &A, seed: u64, rounds: u64) {
     let mut slots: Vec<(*mut u8, usize)> = vec![(std::ptr::null_mut(), 0); SLOTS];
     for _ in 0..rounds {
-        let mut rng = XorShift(seed);
-        for _ in 0..MIXED_OPS {
-            let r = rng.next();
-            let i = slot_of(r);
-            let (p, size) = slots[i];
-            if p.is_null() {
-                let size = size_of(r);
-                let p = alloc(name, a, layout(size));
-                // SAFETY: `p` is a live block of `size >= 8` bytes.
-                unsafe {
-                    p.write(i as u8);
-                    p.add(size - 1).write(i as u8);
-                }
-                slots[i] = (p, size);
-            } else {
-                // SAFETY: a live block of this thread's, written at both ends.
-                unsafe { free_slot(name, a, i, p, size) };
-                slots[i] = (std::ptr::null_mut(), 0);
-            }
-        }
+        mixed_sequence(name, a, &mut slots, seed);
     }
-    for (i, (p, size)) in slots.into_iter().enumerate() {
-        if !p.is_null() {
-            // SAFETY: as above.
-            unsafe { free_slot(name, a, i, p, size) };
-        }
-    }
+    free_slots(name, a, &mut slots);
 }
 
 fn threads<A: GlobalAlloc + Sync>(g: &mut Group, name: &str, a: &'static A, nthreads: usize) {
