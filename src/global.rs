@@ -160,11 +160,14 @@ fn kind(size: usize, align: usize) -> Kind {
 
 // ---- the fast path: a size class through the thread cache ----------------
 
+/// # Safety
+/// `c < NR_CLASSES`: a class from `size_to_class` or `class_for`.
 #[inline(always)]
-fn small_alloc(c: usize) -> *mut u8 {
-    // SAFETY: the cache is this thread's alone, and nothing called from
-    // `alloc` re-enters the allocator on this thread.
-    match CACHE.try_with(|h| unsafe { (*h.get()).alloc(&SLABS, c) }) {
+unsafe fn small_alloc(c: usize) -> *mut u8 {
+    // SAFETY: the cache is this thread's alone, nothing called from `alloc`
+    // re-enters the allocator on this thread, and `c` comes from
+    // `size_to_class` / `class_for`, so it is below NR_CLASSES.
+    match CACHE.try_with(|h| unsafe { (*h.get()).alloc_unchecked(&SLABS, c) }) {
         Ok(p) => p,
         Err(_) => SLABS.alloc_one(c),
     }
@@ -188,7 +191,8 @@ unsafe fn small_free(c: usize, ptr: *mut u8) {
 fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
     let block = match kind(size, align) {
         Kind::Small(c) => {
-            let p = small_alloc(c);
+            // SAFETY: `class_for` returns classes below NR_CLASSES.
+            let p = unsafe { small_alloc(c) };
             if zero && !p.is_null() {
                 // SAFETY: the object has at least `size` bytes.
                 unsafe { p.write_bytes(0, size) };
@@ -252,7 +256,8 @@ unsafe impl GlobalAlloc for PcpAlloc {
         self.configure();
         let (size, align) = (layout.size(), layout.align());
         if align <= 8 && size <= MAX_SMALL {
-            return small_alloc(size_to_class(size));
+            // SAFETY: `size <= MAX_SMALL`, so its class is below NR_CLASSES.
+            return unsafe { small_alloc(size_to_class(size)) };
         }
         alloc_cold(size, align, false)
     }

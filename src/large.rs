@@ -15,7 +15,8 @@ use core::ptr::NonNull;
 
 use crate::os::{self, PAGE_SIZE};
 use crate::page::*;
-use crate::page_alloc::{Gfp, PageAllocator};
+use crate::page_alloc::{free_pages_prepare, Gfp, PageAllocator};
+use crate::trace::{self, Fn as Event};
 
 /// The aligned blocks that tile `[start, end)` (greedy from the left: at each
 /// page the largest block aligned there that fits), as `(pfn, order)`.
@@ -64,12 +65,19 @@ fn mark_tiling(start: usize, end: usize) {
 /// Not through the PCP: a tail left free in the zone next to its block is
 /// what lets `realloc` grow the block in place later.
 fn free_tail(pages: &PageAllocator, start: usize, end: usize, flags: u8) {
+    tiling_to_zone(pages, start, end, |d, _| d.flags.set(flags));
+}
+
+/// Puts the blocks that tile `[start, end)` straight into the zone under one
+/// hold of its lock, `free_one_page` for each after `prepare`, so that they
+/// merge with each other and their free neighbours at once.
+fn tiling_to_zone(pages: &PageAllocator, start: usize, end: usize, prepare: impl Fn(&'static PageDesc, u32)) {
     let mut zone = pages.zone.lock();
     zone.ev.pgfree.add((end - start) as u64);
     for (pfn, order) in tiling(start, end) {
         // SAFETY: the caller owns these pages, which lie in a live section.
         let d = unsafe { pfn_to_desc(pfn) };
-        d.flags.set(flags);
+        prepare(d, order);
         zone.free_one_page(d, order);
     }
 }
@@ -123,7 +131,11 @@ pub(crate) unsafe fn free_large(pages: &PageAllocator, ptr: NonNull<u8>, npages:
     // on a PCP list would keep the block from merging whole again until a
     // drain, and the next request of the same size would split (and touch)
     // fresh memory instead.
-    pages.free_range_to_zone(start, start + npages);
+    tiling_to_zone(pages, start, start + npages, |d, order| {
+        free_pages_prepare(d, order);
+        trace::point(Event::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+    });
+    pages.maybe_purge();
 }
 
 /// Resizes a large block in place: shrinking gives back the tail; growing

@@ -126,8 +126,8 @@ pub(crate) struct PageDesc {
     pub(crate) migratetype: Cell<MigrateType>,
     pub(crate) flags: Cell<u8>,
     pub(crate) slab_class: Cell<u8>,
-    /// On every page of a slab: the tag of the thread cache that last took
-    /// objects from the slab (`SlabAllocator::gather`). A free compares it
+    /// On every page of a slab: the tag of the thread cache that took the
+    /// slab's first object, when it was new or empty (`SlabAllocator::gather`). A free compares it
     /// with its own cache's tag to tell its own objects from other threads'
     /// (SLUB's `slab == c->slab` test); read and written without a common
     /// lock, so atomic, and only a hint: a stale value sends an object down

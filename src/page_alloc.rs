@@ -578,26 +578,6 @@ impl PageAllocator {
         self.maybe_purge();
     }
 
-    /// Frees the allocated blocks that tile the pages `[start, end)` (a
-    /// large block's tiling) straight into the zone under one hold of its
-    /// lock: `free_one_page` for each, so that they merge with each other and
-    /// their free neighbours at once.
-    pub(crate) fn free_range_to_zone(&self, start: usize, end: usize) {
-        {
-            let mut zone = self.zone.lock();
-            zone.ev.pgfree.add((end - start) as u64);
-            for (pfn, order) in crate::large::tiling(start, end) {
-                // SAFETY: the caller frees these blocks, which lie in a live
-                // section; each is an allocated head of its tiling.
-                let d = unsafe { pfn_to_desc(pfn) };
-                free_pages_prepare(d, order);
-                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, pfn);
-                zone.free_one_page(d, order);
-            }
-        }
-        self.maybe_purge();
-    }
-
     // ---- giving memory back -------------------------------------------------
 
     /// The time in ms, from the configured clock.
@@ -1010,7 +990,7 @@ fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDes
 /// `free_pages_prepare`: a block being freed must be an allocated block of
 /// exactly this order; anything else is a double free or a bad pointer.
 #[inline(always)]
-fn free_pages_prepare(d: &PageDesc, order: u32) {
+pub(crate) fn free_pages_prepare(d: &PageDesc, order: u32) {
     if d.state.get() != PageState::Allocated || d.order.get() as u32 != order {
         let addr = pfn_to_addr(desc_to_pfn(d)) as usize;
         crate::page::bad_page("free_pages", addr, d.state.get(), d.order.get(), "an allocated block of that order");

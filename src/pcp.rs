@@ -169,8 +169,11 @@ impl PcpInner {
             // the whole remainder, which is what a bulk call is for; on a
             // small zone `batch` is 1 or 3).
             let rest = want - got;
-            if self.lists[pindex].is_empty() && rest > self.nr_pcp_alloc(order) {
-                self.refill_n(zone, order, mt, pindex, rest);
+            if self.lists[pindex].is_empty()
+                && rest > self.nr_pcp_alloc(order)
+                && !self.refill_n(zone, order, mt, pindex, rest)
+            {
+                break;
             }
             if self.lists[pindex].is_empty() {
                 match self.rmqueue_pcplist(zone, order, mt) {
@@ -197,7 +200,7 @@ impl PcpInner {
     /// The refill of an empty list: one `rmqueue_bulk` of `nr_pcp_alloc`
     /// blocks. Whether any came.
     #[cold]
-    #[inline(never)]
+    #[inline]
     fn refill(&mut self, zone: &Zone, order: u32, mt: MigrateType, pindex: usize) -> bool {
         let want = self.nr_pcp_alloc(order);
         self.refill_n(zone, order, mt, pindex, want)

@@ -895,8 +895,9 @@ struct Bin {
     head: *mut u8,
     count: AtomicU32,
     /// The most objects the list may hold: `CLASSES[c].max_cached`, or 0
-    /// before the cache's first slow path and once it is dead. Kept here, beside `count`, so that a free compares
-    /// two words of one cache line and reads no table.
+    /// before the cache's first slow path and once it is dead. Kept here,
+    /// beside `count`, so that a free compares two words of one cache line
+    /// and reads no table.
     max: u32,
     /// Objects of this class freed by this thread from slabs another cache
     /// took them from: never handed out again here (reusing another
@@ -916,6 +917,18 @@ impl Bin {
     #[inline(always)]
     fn set_count(&self, n: u32) {
         self.count.store(n, Relaxed)
+    }
+
+    /// Puts a free object on the front of the list.
+    ///
+    /// # Safety
+    /// `obj` is a free object of this bin's class that nobody else uses.
+    #[inline(always)]
+    unsafe fn push(&mut self, obj: *mut u8) {
+        // SAFETY: the caller gives us the object to link.
+        unsafe { set_next(obj, self.head) };
+        self.head = obj;
+        self.set_count(self.count() + 1);
     }
 }
 
@@ -1063,13 +1076,23 @@ impl ThreadCache {
         }
     }
 
-    /// An object of class `c`: the fast path pops the cache's list.
+    /// An object of class `c` (panics if `c >= NR_CLASSES`).
     #[inline(always)]
     pub fn alloc(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
+        assert!(c < NR_CLASSES, "no size class {c}");
+        // SAFETY: checked just above.
+        unsafe { self.alloc_unchecked(slabs, c) }
+    }
+
+    /// An object of class `c`: the fast path pops the cache's list.
+    ///
+    /// # Safety
+    /// `c < NR_CLASSES` (as every index from `size_to_class` / `class_for`
+    /// is); the global allocator's fast path saves the bounds check.
+    #[inline(always)]
+    pub(crate) unsafe fn alloc_unchecked(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> *mut u8 {
         debug_assert!(c < NR_CLASSES);
-        // SAFETY: every class index comes from `size_to_class`/`class_for`,
-        // which return less than NR_CLASSES; the bounds check would cost the
-        // fast path two instructions.
+        // SAFETY: the caller guarantees `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
         let obj = bin.head;
         if !obj.is_null() {
@@ -1139,16 +1162,14 @@ impl ThreadCache {
                 return unsafe { self.free_remote(slabs, c, obj) };
             }
         }
-        // SAFETY: as in `alloc`, `c < NR_CLASSES`.
+        // SAFETY: a live object of class `c` means `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
         if bin.count() >= bin.max {
             // SAFETY: forwarded.
             return unsafe { self.free_slow(slabs, c, obj) };
         }
-        // SAFETY: the object is free now and ours to link.
-        unsafe { set_next(obj, bin.head) };
-        bin.head = obj;
-        bin.set_count(bin.count() + 1);
+        // SAFETY: forwarded: the object is free now and ours to link.
+        unsafe { bin.push(obj) }
     }
 
     /// A free of an object from a slab another cache took it from: onto the
@@ -1211,11 +1232,8 @@ impl ThreadCache {
         if self.bins[c].count() >= self.bins[c].max {
             self.flush_batch(slabs, c, CLASSES[c].batch as u32);
         }
-        let bin = &mut self.bins[c];
-        // SAFETY: the object is free now and ours to link.
-        unsafe { set_next(obj, bin.head) };
-        bin.head = obj;
-        bin.set_count(bin.count() + 1);
+        // SAFETY: forwarded: the object is free now and ours to link.
+        unsafe { self.bins[c].push(obj) }
     }
 
     fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
