@@ -10,9 +10,21 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::large::{self, large_order, pages_for};
 use crate::os::PurgeMode;
+use crate::page::{
+    desc_to_pfn, pfn_to_addr, pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_ALLOC_COSTLY_ORDER, PAGE_SHIFT,
+};
+use crate::page_alloc::Gfp;
 use crate::page_alloc::DEFAULT_DECAY_MS;
 use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL};
+use crate::trace::{self, Fn as TraceFn};
 use crate::PAGES;
+
+/// A block's address as the non-null pointer `alloc` returns.
+#[inline(always)]
+fn desc_addr(d: &'static PageDesc) -> NonNull<u8> {
+    // SAFETY: page frame numbers of live descriptors are never zero.
+    unsafe { NonNull::new_unchecked(pfn_to_addr(desc_to_pfn(d))) }
+}
 
 /// The process-wide slab layer, over the process-wide page allocator.
 pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, Some(arm_exit_flush));
@@ -184,6 +196,35 @@ unsafe fn small_free(c: usize, ptr: *mut u8) {
     }
 }
 
+// ---- blocks of orders 0..=3 through the thread's page cache ----------------
+
+/// A block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`, migratetype
+/// movable) from the thread's page cache, prepared as `alloc_pages` does.
+#[inline(always)]
+pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
+    debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+    let _t = trace::enter(TraceFn::PageCacheAlloc, order, MIGRATE_MOVABLE);
+    // SAFETY: the cache is this thread's alone, and nothing called from here
+    // re-enters the allocator on this thread.
+    match CACHE.try_with(|h| unsafe { (*h.get()).alloc_block(&SLABS, order, gfp) }) {
+        Ok(d) => d,
+        Err(_) => PAGES.alloc_block(gfp, order, MIGRATE_MOVABLE),
+    }
+}
+
+/// Frees a block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`)
+/// through the thread's page cache; a block that is not an allocated block
+/// of this order aborts with `bad_page`.
+#[inline(always)]
+pub(crate) fn cached_free_block(d: &'static PageDesc, order: u32) {
+    debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+    let _t = trace::enter(TraceFn::PageCacheFree, order, MIGRATE_MOVABLE);
+    // SAFETY: as in `cached_alloc_block`.
+    if CACHE.try_with(|h| unsafe { (*h.get()).free_block(&SLABS, d, order) }).is_err() {
+        PAGES.free_block(d, order);
+    }
+}
+
 // ---- everything else ---------------------------------------------------------
 
 #[cold]
@@ -198,6 +239,15 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
                 unsafe { p.write_bytes(0, size) };
             }
             return p;
+        }
+        Kind::Large { npages, order } if npages == 1 << order && order <= PAGE_ALLOC_COSTLY_ORDER => {
+            // One whole PCP-order block, nothing to give back: as a page.
+            let gfp = if zero { Gfp::ZERO } else { Gfp::DEFAULT };
+            let b = cached_alloc_block(order, gfp).map(desc_addr);
+            if b.is_some() {
+                account_large(size, npages);
+            }
+            b
         }
         Kind::Large { npages, order } => {
             let b = large::alloc_large(&PAGES, npages, order, zero);
@@ -234,6 +284,13 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
         Kind::Small(c) => unsafe { small_free(c, ptr) },
         Kind::Large { npages, .. } => {
             account_large(size.wrapping_neg(), npages.wrapping_neg());
+            if npages.is_power_of_two() && npages <= 1 << PAGE_ALLOC_COSTLY_ORDER {
+                // One aligned block of a PCP order (the tiling of a power of
+                // two pages at an aligned start): through the page cache.
+                // SAFETY: a live large block lies in a live section.
+                let d = unsafe { pfn_to_desc(ptr as usize >> PAGE_SHIFT) };
+                return cached_free_block(d, npages.trailing_zeros());
+            }
             // SAFETY: a large block of `npages` pages (the caller's layout).
             unsafe { large::free_large(&PAGES, nn, npages) }
         }
@@ -459,11 +516,20 @@ pub fn slabinfo() -> crate::stats::SlabInfo {
     crate::stats::SlabInfo::read(&SLABS)
 }
 
-/// Flushes the calling thread's object cache back to the slab layer.
+/// Flushes the calling thread's caches: its objects back to the slab
+/// layer, its page bins back to this CPU's PCP.
 pub fn flush_thread_cache() {
     let _ = CACHE.try_with(|h| {
         // SAFETY: the cache is this thread's alone.
         unsafe { (*h.get()).flush_all(&SLABS) }
+    });
+}
+
+/// Gives the calling thread's page bins back to this CPU's PCP.
+pub(crate) fn flush_page_cache() {
+    let _ = CACHE.try_with(|h| {
+        // SAFETY: the cache is this thread's alone.
+        unsafe { (*h.get()).flush_pages(&SLABS) }
     });
 }
 
@@ -491,8 +557,12 @@ pub fn stats() -> crate::stats::Stats {
     let ps = crate::PAGE_SIZE;
     let huge = HUGE_MAPPED.load(Ordering::Relaxed);
     let (large_requested, large_pages) = SLABS.large_totals();
-    // Page-API blocks: pages in use that are neither slabs nor large blocks.
-    let page_api = (pc.in_use() * ps).saturating_sub(slab_pages.saturating_add(large_pages.saturating_mul(ps)));
+    // Blocks in thread page caches: in use to the zone, free to programs.
+    let page_cached = SLABS.cached_pages() * ps;
+    // Page-API blocks: pages in use that are neither slabs nor large blocks
+    // nor cached.
+    let page_api = (pc.in_use() * ps)
+        .saturating_sub(slab_pages.saturating_add(large_pages.saturating_mul(ps)).saturating_add(page_cached));
     let allocated = slab_objs.saturating_sub(slab_cached) + large_requested + page_api;
     let active = pc.in_use() * ps + huge;
     let dirty = pc.free.saturating_sub(pc.purged) * ps;
@@ -501,7 +571,8 @@ pub fn stats() -> crate::stats::Stats {
         allocated,
         active,
         resident: active + pc.pcp * ps + dirty + metadata,
-        cached: pc.pcp * ps + dirty + slab_cached,
+        cached: pc.pcp * ps + dirty + slab_cached + page_cached,
+        page_cache: page_cached,
         retained: pc.purged * ps,
         mapped: pc.mapped_pages * ps + huge,
         metadata,

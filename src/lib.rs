@@ -24,6 +24,7 @@ mod large;
 mod os;
 mod page;
 mod page_alloc;
+mod page_cache;
 mod pcp;
 mod slab;
 mod stats;
@@ -66,16 +67,25 @@ pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
 });
 
 /// `alloc_page`: one page from the process-wide page allocator.
+///
+/// Orders 0..=3 of the default migratetype are served first from the
+/// calling thread's page cache, a few blocks it freed, kept in front of
+/// this CPU's PCP lists and refilled from them in batches (see
+/// `ARCHITECTURE.md`); everything else goes to the PCP or the zone.
 #[cfg(not(loom))]
 #[inline]
 pub fn alloc_page(gfp: Gfp) -> Option<Page> {
-    PAGES.alloc_pages(gfp, 0)
+    alloc_pages(gfp, 0)
 }
 
 /// `alloc_pages`: a block of `2^order` pages, aligned to its size.
 #[cfg(not(loom))]
 #[inline]
 pub fn alloc_pages(gfp: Gfp, order: u32) -> Option<Page> {
+    if order <= PAGE_ALLOC_COSTLY_ORDER && gfp.migratetype() == MIGRATE_MOVABLE {
+        let _t = trace::enter(trace::Fn::AllocPages, order, MIGRATE_MOVABLE);
+        return global::cached_alloc_block(order, gfp).map(page_alloc::page_of);
+    }
     PAGES.alloc_pages(gfp, order)
 }
 
@@ -91,19 +101,27 @@ pub fn alloc_pages_bulk_array(gfp: Gfp, pages: &mut [Option<Page>]) -> usize {
 #[cfg(not(loom))]
 #[inline]
 pub fn free_page(page: Page) {
-    PAGES.free_pages(page, 0)
+    free_pages(page, 0)
 }
 
 /// `free_pages`: frees a block allocated with the same order.
 #[cfg(not(loom))]
 #[inline]
 pub fn free_pages(page: Page, order: u32) {
+    if order <= PAGE_ALLOC_COSTLY_ORDER {
+        let _t = trace::enter(trace::Fn::FreePages, order, MIGRATE_MOVABLE);
+        return global::cached_free_block(page_alloc::page_desc(&page), order);
+    }
     PAGES.free_pages(page, order)
 }
 
-/// `drain_all_pages`: gives every CPU's cached pages back to the zone.
+/// `drain_all_pages`: gives the calling thread's page cache and every CPU's
+/// PCP lists back to the zone. (Other threads' page caches, at most 128 KiB
+/// each, only their threads can empty: they do on their slow paths once
+/// per decay time, and at exit.)
 #[cfg(not(loom))]
 pub fn drain_all_pages() {
+    global::flush_page_cache();
     PAGES.drain_all_pages()
 }
 

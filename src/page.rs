@@ -87,6 +87,9 @@ pub(crate) enum PageState {
     Isolated = 5,
     /// Section header and descriptor array; never allocatable.
     Reserved = 4,
+    /// Head of a free block held in a thread's page cache (`page_cache`);
+    /// to the zone it is in use, to a second free it is free.
+    Cached = 6,
 }
 
 /// Flag: the block's memory is known to be zero (fresh from `mmap`, or purged

@@ -537,6 +537,77 @@ impl PageAllocator {
         }
     }
 
+    /// Up to `want` blocks of `order` (at most `PAGE_ALLOC_COSTLY_ORDER`)
+    /// for a thread's page cache, taken under one try-lock of this CPU's
+    /// PCP and handed to `f` still marked free; a refill of the list on the
+    /// way is one `rmqueue_bulk`. 0 when the PCP is busy or the zone is dry:
+    /// the caller then takes one block the ordinary way (`alloc_block`,
+    /// slow path included).
+    pub(crate) fn pcp_take_many(
+        &self,
+        order: u32,
+        mt: MigrateType,
+        want: usize,
+        mut f: impl FnMut(&'static PageDesc),
+    ) -> usize {
+        debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+        let _t = trace::enter(Fn::RmqueuePcplist, order, mt);
+        let pcp = self.this_pcp();
+        if !pcp.lock.try_lock() {
+            pcp.trylock_fail.inc_shared();
+            return 0;
+        }
+        // SAFETY: we hold the PCP lock until the unlock below.
+        let inner = unsafe { pcp.locked() };
+        let trips = inner.zone_trips;
+        let got = inner.rmqueue_pcplist_many(&self.zone, order, mt, want, |d| {
+            trace::point(Fn::MmPageAlloc, order, mt, u32::MAX, 0, desc_to_pfn(d));
+            f(d)
+        });
+        let went_to_zone = inner.zone_trips != trips;
+        let resize = core::mem::take(&mut inner.resize_wanted);
+        pcp.lock.unlock();
+        if went_to_zone {
+            self.after_zone_trip(resize);
+        }
+        got
+    }
+
+    /// Gives blocks of `order` (at most `PAGE_ALLOC_COSTLY_ORDER`) from a
+    /// thread's page cache back to this CPU's PCP under one try-lock, each
+    /// as `free_unref_page_commit` (a drain when `count` reaches `high`),
+    /// or, if the PCP is busy, to the zone under one hold of its lock.
+    pub(crate) fn pcp_give_many(&self, order: u32, blocks: impl Iterator<Item = &'static PageDesc>) {
+        debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+        let _t = trace::enter(Fn::FreeUnrefPage, order, MIGRATE_MOVABLE);
+        let pcp = self.this_pcp();
+        if pcp.lock.try_lock() {
+            // SAFETY: we hold the PCP lock until the unlock below.
+            let inner = unsafe { pcp.locked() };
+            let trips = inner.zone_trips;
+            for d in blocks {
+                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+                inner.free_unref_page_commit(&self.zone, d, order);
+            }
+            let went_to_zone = inner.zone_trips != trips;
+            pcp.lock.unlock();
+            if went_to_zone {
+                self.maybe_purge();
+            }
+            return;
+        }
+        pcp.trylock_fail.inc_shared();
+        {
+            let mut zone = self.zone.lock();
+            for d in blocks {
+                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+                zone.ev.pgfree.add(1 << order);
+                zone.free_one_page(d, order);
+            }
+        }
+        self.maybe_purge();
+    }
+
     // ---- free ---------------------------------------------------------------
 
     /// `free_unref_page`: back onto this CPU's list, or straight to the zone
@@ -544,6 +615,12 @@ impl PageAllocator {
     #[inline(always)]
     pub(crate) fn free_block(&self, d: &'static PageDesc, order: u32) {
         free_pages_prepare(d, order);
+        self.free_block_prepared(d, order)
+    }
+
+    /// `free_block` of a block `free_pages_prepare` has checked.
+    #[inline(always)]
+    pub(crate) fn free_block_prepared(&self, d: &'static PageDesc, order: u32) {
         let _t = trace::enter(Fn::FreeUnrefPage, order, d.migratetype.get());
         trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
         if order <= PAGE_ALLOC_COSTLY_ORDER {
@@ -965,6 +1042,12 @@ fn desc_ptr(d: &PageDesc) -> NonNull<u8> {
     unsafe { NonNull::new_unchecked(pfn_to_addr(desc_to_pfn(d))) }
 }
 
+/// The handle of the block `d` heads.
+#[inline(always)]
+pub(crate) fn page_of(d: &'static PageDesc) -> Page {
+    Page { ptr: desc_ptr(d) }
+}
+
 /// The head descriptor of a page handle's block.
 #[inline(always)]
 pub(crate) fn page_desc(page: &Page) -> &'static PageDesc {
@@ -975,7 +1058,7 @@ pub(crate) fn page_desc(page: &Page) -> &'static PageDesc {
 /// `post_alloc_hook` / `prep_new_page`: mark the block handed out and clear
 /// it if asked to and not known to be zero already.
 #[inline(always)]
-fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDesc {
+pub(crate) fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDesc {
     d.state.set(PageState::Allocated);
     d.order.set(order as u8);
     if gfp.contains(Gfp::ZERO) && d.flags.get() & PG_ZEROED == 0 {

@@ -22,6 +22,7 @@ use crossbeam_utils::CachePadded;
 use crate::os::PAGE_SIZE;
 use crate::page::*;
 use crate::page_alloc::{Gfp, PageAllocator};
+use crate::page_cache::{PageCache, CACHED_MT, NR_PAGE_BINS};
 use crate::sync::{Counter, RawLock, UnsafeCell};
 use core::sync::atomic::AtomicU32;
 use core::sync::atomic::Ordering::Relaxed;
@@ -685,6 +686,22 @@ impl<'a> SlabAllocator<'a> {
         (pages, objs)
     }
 
+    /// Pages held by registered thread caches' page bins.
+    pub fn cached_pages(&self) -> usize {
+        self.registry_lock.lock();
+        let mut pages = 0;
+        // SAFETY: the registry is guarded by its lock; registered caches stay
+        // alive until they unregister, which takes the same lock.
+        let mut tc = unsafe { *self.registry.get() };
+        // SAFETY (loop condition): as above.
+        while let Some(cache) = unsafe { tc.as_ref() } {
+            pages += cache.cached_pages();
+            tc = cache.reg_next;
+        }
+        self.registry_lock.unlock();
+        pages
+    }
+
     /// Bytes of free objects held by registered thread caches, and bytes in
     /// transfer batches and empty slabs: memory that is resident but free.
     pub fn cached_bytes(&self) -> usize {
@@ -947,6 +964,8 @@ impl Bin {
 /// registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
+    /// Blocks of orders 0..=3 in front of the PCP (see `page_cache`).
+    pages: PageCache,
     /// This cache's tag in the slabs it takes objects from (0 until its
     /// first slow path).
     tag: u8,
@@ -993,6 +1012,7 @@ impl ThreadCache {
     pub const fn new() -> Self {
         Self {
             bins: new_bins(),
+            pages: PageCache::new(),
             tag: 0,
             dead: false,
             large_requested: core::sync::atomic::AtomicUsize::new(0),
@@ -1023,6 +1043,22 @@ impl ThreadCache {
             .zip(CLASSES.iter())
             .map(|(b, sc)| (b.count() + b.nr_remote.load(Relaxed)) as usize * sc.size as usize)
             .sum()
+    }
+
+    /// Pages this cache's page bins hold.
+    pub fn cached_pages(&self) -> usize {
+        if self.dead {
+            return 0;
+        }
+        self.pages.cached_pages()
+    }
+
+    /// Blocks of `order` (0..=3) this cache's page bin holds.
+    pub fn cached_blocks(&self, order: u32) -> usize {
+        if self.dead || order as usize >= NR_PAGE_BINS {
+            return 0;
+        }
+        self.pages.count(order)
     }
 
     /// Objects of class `c` freed here from other caches' slabs, waiting to
@@ -1067,6 +1103,7 @@ impl ThreadCache {
             return;
         }
         self.flush_all(slabs);
+        self.pages.close(slabs.pages);
         slabs.unregister(self);
         self.dead = true;
         for bin in &mut self.bins {
@@ -1107,6 +1144,68 @@ impl ThreadCache {
             return obj;
         }
         self.refill(slabs, c)
+    }
+
+    /// A block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`) of
+    /// migratetype `MIGRATE_MOVABLE`, prepared as `alloc_pages` prepares it:
+    /// the fast path pops the page bin; an empty bin refills from this
+    /// CPU's PCP, half a bin under one try-lock.
+    #[inline(always)]
+    pub(crate) fn alloc_block(&mut self, slabs: &SlabAllocator<'_>, order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
+        if let Some(d) = self.pages.pop(order, gfp) {
+            self.ticks_left -= 1;
+            if self.ticks_left == 0 {
+                self.ticks_left = TICK_ALLOCS;
+                self.on_slow_path(slabs, NR_CLASSES + order as usize);
+            }
+            return Some(d);
+        }
+        self.refill_block(slabs, order, gfp)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refill_block(&mut self, slabs: &SlabAllocator<'_>, order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
+        if !self.dead {
+            self.on_slow_path(slabs, NR_CLASSES + order as usize);
+        }
+        if !self.dead && self.pages.refill(slabs.pages, order) > 0 {
+            return self.pages.pop(order, gfp);
+        }
+        // Dead, or the PCP was busy or dry: one block the ordinary way,
+        // slow path included.
+        slabs.pages.alloc_block(gfp, order, CACHED_MT)
+    }
+
+    /// Frees a block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`)
+    /// that `alloc_block` (or the page allocator) handed out: onto the page
+    /// bin, or, when it is full, after half the bin went back to the PCP.
+    /// A block that is not an allocated block of this order aborts with
+    /// `bad_page`, as `free_pages` does.
+    #[inline(always)]
+    pub(crate) fn free_block(&mut self, slabs: &SlabAllocator<'_>, d: &'static PageDesc, order: u32) {
+        crate::page_alloc::free_pages_prepare(d, order);
+        if d.migratetype.get() != CACHED_MT || !self.pages.push(d, order) {
+            self.free_block_slow(slabs, d, order);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_block_slow(&mut self, slabs: &SlabAllocator<'_>, d: &'static PageDesc, order: u32) {
+        if d.migratetype.get() == CACHED_MT && !self.dead {
+            self.on_slow_path(slabs, NR_CLASSES + order as usize);
+            if !self.dead {
+                if self.pages.push(d, order) {
+                    return;
+                }
+                self.pages.flush_half(slabs.pages, order);
+                if self.pages.push(d, order) {
+                    return;
+                }
+            }
+        }
+        slabs.pages.free_block_prepared(d, order);
     }
 
     /// Every `TICK_ALLOCS` allocations served from the cache, one becomes a
@@ -1257,8 +1356,9 @@ impl ThreadCache {
     }
 
     /// What a refill or flush does besides its own work, being on a slow
-    /// path anyway: register the cache (first time), give back every other
-    /// class's list once per decay time (a list in steady use costs one
+    /// path anyway (`c`: the class, or `NR_CLASSES + order` for a page bin,
+    /// whose list is kept): register the cache (first time), give back every
+    /// other class's list and page bin once per decay time (a list in steady use costs one
     /// refill per decay time to rebuild; an idle one stops pinning memory),
     /// and run a purge tick of the page allocator if one is due.
     #[inline]
@@ -1284,6 +1384,7 @@ impl ThreadCache {
             for (bin, sc) in self.bins.iter_mut().zip(CLASSES.iter()) {
                 bin.max = sc.max_cached as u32;
             }
+            self.pages.open();
         }
         let now = slabs.pages.now_ms();
         if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
@@ -1293,8 +1394,18 @@ impl ThreadCache {
                 self.flush_batch(slabs, other, count);
                 self.flush_remote(slabs, other);
             }
+            for order in (0..NR_PAGE_BINS).filter(|&o| o + NR_CLASSES != c) {
+                self.pages.flush_order(slabs.pages, order as u32);
+            }
         }
         slabs.pages.maybe_purge();
+    }
+
+    /// Gives every cached page block back to the PCP.
+    pub fn flush_pages(&mut self, slabs: &SlabAllocator<'_>) {
+        if !self.dead {
+            self.pages.flush_all(slabs.pages);
+        }
     }
 
     /// Gives every cached object back (`trim`, and `kill` at thread exit).
@@ -1307,6 +1418,7 @@ impl ThreadCache {
             self.flush_batch(slabs, c, count);
             self.flush_remote(slabs, c);
         }
+        self.pages.flush_all(slabs.pages);
     }
 }
 
@@ -1317,6 +1429,51 @@ mod tests {
 
     fn private_pages() -> &'static PageAllocator {
         Box::leak(Box::new(PageAllocator::new(Config { nr_cpus: 1, ..Config::small(4096, 4) })))
+    }
+
+    #[test]
+    fn page_bins_refill_by_half_flush_by_half_and_die_empty() {
+        use crate::page_cache::PAGE_BIN_MAX;
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        // Map the first section, so that refills find the zone stocked.
+        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        pages.free_pages(warm, 0);
+        let mut tc = ThreadCache::new();
+        for order in 0..NR_PAGE_BINS as u32 {
+            let max = PAGE_BIN_MAX[order as usize] as usize;
+            // The first allocation opens the cache and takes half a bin.
+            let first = tc.alloc_block(&slabs, order, Gfp::DEFAULT).unwrap();
+            assert_eq!(tc.cached_blocks(order), max.div_ceil(2) - 1, "order {order}");
+            let mut held = vec![first];
+            held.extend((0..3 * max).map(|_| tc.alloc_block(&slabs, order, Gfp::DEFAULT).unwrap()));
+            let mut seen: Vec<usize> = held.iter().map(|d| desc_to_pfn(d)).collect();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), held.len(), "order {order}: a block handed out twice");
+            pages.check().unwrap();
+            for d in held {
+                tc.free_block(&slabs, d, order);
+                assert!(tc.cached_blocks(order) <= max);
+                assert_eq!(d.state.get(), PageState::Cached, "the freed block is the bin's top");
+                pages.check().unwrap();
+            }
+            assert!(tc.cached_blocks(order) > max / 2, "order {order}: a full bin flushes only half");
+        }
+        assert_eq!(tc.cached_pages(), (0..NR_PAGE_BINS).map(|o| (PAGE_BIN_MAX[o] as usize) << o).sum::<usize>());
+        tc.kill(&slabs);
+        assert_eq!(tc.cached_pages(), 0);
+        // Dead: blocks go straight to the PCP and come from it.
+        let d = tc.alloc_block(&slabs, 0, Gfp::DEFAULT).unwrap();
+        tc.free_block(&slabs, d, 0);
+        assert_eq!(d.state.get(), PageState::Pcp);
+        pages.drain_all_pages();
+        pages.check().unwrap();
+        let (free, managed) = {
+            let zone = pages.zone.lock();
+            (zone.free_pages, zone.managed_pages)
+        };
+        assert_eq!(free, managed, "pages lost");
     }
 
     #[test]

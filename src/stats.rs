@@ -313,6 +313,9 @@ pub struct Stats {
     /// Bytes resident but free: PCP lists, thread caches, transfer batches,
     /// empty slabs, and free blocks not purged yet.
     pub cached: usize,
+    /// Bytes of free page blocks (orders 0..=3) in threads' page caches, in
+    /// front of the PCP lists; part of `cached`.
+    pub page_cache: usize,
     /// Bytes mapped but given back to the OS (purged, or never touched).
     pub retained: usize,
     /// Bytes of address space mapped: sections (metadata included) and huge blocks.
@@ -335,6 +338,7 @@ impl fmt::Display for Stats {
             ("active", self.active as u64),
             ("resident", self.resident as u64),
             ("cached", self.cached as u64),
+            ("page_cache", self.page_cache as u64),
             ("retained", self.retained as u64),
             ("mapped", self.mapped as u64),
             ("metadata", self.metadata as u64),

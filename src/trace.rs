@@ -21,7 +21,8 @@
 
 use crate::page::MIGRATETYPE_NAMES;
 
-/// A step of the page allocator, named as in `mm/page_alloc.c`.
+/// A step of the page allocator, named as in `mm/page_alloc.c` (and the
+/// thread page cache in front of it, which the kernel does not have).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Fn {
@@ -52,6 +53,8 @@ pub enum Fn {
     MmPageAllocZoneLocked,
     MmPagePcpuDrain,
     MmPageAllocExtfrag,
+    PageCacheAlloc,
+    PageCacheFree,
 }
 
 impl Fn {
@@ -85,6 +88,8 @@ impl Fn {
             Fn::MmPageAllocZoneLocked => "mm_page_alloc_zone_locked",
             Fn::MmPagePcpuDrain => "mm_page_pcpu_drain",
             Fn::MmPageAllocExtfrag => "mm_page_alloc_extfrag",
+            Fn::PageCacheAlloc => "page_cache_alloc",
+            Fn::PageCacheFree => "page_cache_free",
         }
     }
 

@@ -966,6 +966,17 @@ fn bad_free_child() {
     // SAFETY: setrlimit reads the struct we pass and changes only this
     // (child) process's limit.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
+    if mode == "double_free_cached" {
+        // The process-wide page API: the first free puts the page in this
+        // thread's page cache, where the second must still be caught.
+        let raw = pcpalloc::alloc_page(Gfp::DEFAULT).unwrap().into_raw();
+        // SAFETY: `raw` comes from `into_raw` of a live page, no other handle.
+        pcpalloc::free_page(unsafe { Page::from_raw(raw) });
+        // SAFETY: deliberately breaks `from_raw`'s contract, as below.
+        pcpalloc::free_page(unsafe { Page::from_raw(raw) });
+        eprintln!("bad free of mode {mode} was not caught");
+        std::process::exit(0);
+    }
     let pa = grown(one_cpu(1024, 1), 1024);
     let order = match mode.as_str() {
         "double_free_pcp" | "wrong_order" => 1,
@@ -994,7 +1005,7 @@ fn bad_free_child() {
 fn bad_frees_abort() {
     use std::os::unix::process::ExitStatusExt;
     let exe = std::env::current_exe().unwrap();
-    for mode in ["double_free_pcp", "double_free_buddy", "wrong_order"] {
+    for mode in ["double_free_pcp", "double_free_buddy", "wrong_order", "double_free_cached"] {
         let out = std::process::Command::new(&exe)
             .args(["bad_free_child", "--exact", "--nocapture", "--test-threads", "1"])
             .env(BAD_FREE_ENV, mode)
