@@ -14,7 +14,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::os::{self, PurgeMode};
 use crate::page::*;
-use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, zone_highsize_max, PerCpuPages};
+use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, PerCpuPages};
 use crate::stats::{BuddyInfo, VmStat, ZoneInfo};
 use crate::sync::{AtomicUsize, Counter, Ordering, RawLock};
 use crate::trace::{self, Fn};
@@ -491,27 +491,21 @@ impl PageAllocator {
     /// program with a few MiB live keep 2.5 MiB per CPU on its lists. As
     /// blocks come into service (each doubling), the PCPs are sized again.
     fn zone_pcp_update(&self) {
-        let (in_service, managed) = {
+        let in_service = {
             let mut zone = self.zone.lock();
             zone.pcp_resize = false;
             zone.pcp_sized_for = zone.in_service();
-            (zone.pcp_sized_for, zone.managed_pages)
+            zone.pcp_sized_for
         };
         let nr = self.nr_cpus();
         let batch = self.config.batch.unwrap_or_else(|| zone_batchsize(in_service));
-        // A configured `high` is fixed (the kernel's sysctl
-        // `percpu_pagelist_high_fraction` turns auto-tuning off the same way).
-        let (high_min, high_max) = match self.config.high {
-            Some(high) => (high, high),
-            None => {
-                let high_min = zone_highsize(in_service, batch, nr);
-                (high_min, zone_highsize_max(managed, high_min, nr))
-            }
-        };
+        let high = self.config.high.unwrap_or_else(|| zone_highsize(in_service, batch, nr));
         for pcp in &self.pcp[..nr] {
             pcp.lock.lock();
             // SAFETY: we hold the PCP lock.
-            unsafe { pcp.locked() }.set_high_and_batch(batch, high_min, high_max);
+            let inner = unsafe { pcp.locked() };
+            inner.batch = batch;
+            inner.high = high;
             pcp.lock.unlock();
         }
     }
@@ -756,7 +750,6 @@ impl PageAllocator {
             }
             // SAFETY: we hold the PCP lock until the unlock below.
             let inner = unsafe { pcp.locked() };
-            inner.decay_high(&self.zone);
             if inner.used {
                 inner.used = false;
                 inner.idle_ticks = 0;
@@ -1006,7 +999,6 @@ impl PageAllocator {
             let inner = unsafe { pcp.locked() };
             if cpu < info.pcp.len() {
                 info.pcp[cpu] = (inner.count, inner.high, inner.batch);
-                info.pcp_high_bounds[cpu] = (inner.high_min, inner.high_max);
             }
             info.pcp_pages += inner.count;
             pcp.lock.unlock();
@@ -1268,19 +1260,15 @@ mod tests {
         let p = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
         // Only the section's 1023-page head is in service: the kernel's
         // formulas for a 4 MiB zone, not for the 260 MiB section.
-        let (_, _, batch) = pages.zoneinfo().pcp[0];
-        let (high, high_max) = pages.zoneinfo().pcp_high_bounds[0];
+        let (_, high, batch) = pages.zoneinfo().pcp[0];
         assert_eq!((batch, high), (zone_batchsize(1023), zone_highsize(1023, zone_batchsize(1023), 2)));
         assert!(high < zone_highsize(1023 + 64 * 1024, zone_batchsize(1023 + 64 * 1024), 2));
-        // Auto-tuning may take `high` up to an eighth of the zone per CPU.
-        assert_eq!(high_max, (pages.zoneinfo().managed_pages / 16).min(crate::pcp::PCP_HIGH_MAX_PAGES));
         // Bring 31 max-order blocks into service (32 MiB): sized again.
         let held: Vec<Page> = (0..31).map(|_| pages.alloc_pages(Gfp::NOWAIT, MAX_PAGE_ORDER).unwrap()).collect();
         let in_service = 1023 + 31 * 1024;
         // One more zone trip (a PCP refill) applies it.
         let q: Vec<Page> = (0..200).map(|_| pages.alloc_pages(Gfp::DEFAULT, 0).unwrap()).collect();
-        let (_, _, batch2) = pages.zoneinfo().pcp[0];
-        let (high2, _) = pages.zoneinfo().pcp_high_bounds[0];
+        let (_, high2, batch2) = pages.zoneinfo().pcp[0];
         assert_eq!(batch2, zone_batchsize(in_service));
         assert_eq!(high2, zone_highsize(in_service, batch2, 2));
         assert!(high2 > high);

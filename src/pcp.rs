@@ -7,14 +7,7 @@ use crate::sync::{Counter, SpinLock, UnsafeCell};
 use crate::trace::{self, Fn};
 use crate::zone::{Zone, ZoneInner};
 
-/// `CONFIG_PCP_BATCH_SCALE_MAX`: a refill or a drain is at most `batch << 5`.
-pub(crate) const PCP_BATCH_SCALE_MAX: u8 = 5;
-
-/// The most `high` is auto-tuned to, per CPU: 4 MiB. The kernel allows an
-/// eighth of the zone per CPU (`zone_highsize` with a fraction of 8); a
-/// process's zone is its reserved address space, mostly untouched, and
-/// pages parked on a PCP list cannot merge, so a userspace PCP is capped.
-pub(crate) const PCP_HIGH_MAX_PAGES: usize = 1024;
+/// One list per (order 0..=3, migratetype).
 pub(crate) const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER as usize + 1);
 
 /// `order_to_pindex`.
@@ -35,24 +28,11 @@ const fn pindex_to_order(pindex: usize) -> u32 {
 ///   state `Pcp` with order `o` and migratetype `mt`;
 /// * `count` is the number of *pages* on all lists (an order-2 block adds 4);
 /// * after every free, `count < high` (a free that reaches `high` drains);
-/// * `1 <= batch` and `4 * batch <= high_min <= high <= high_max` (the
-///   kernel's floor); `high_min == high_max` turns auto-tuning off.
+/// * `1 <= batch` and `4 * batch <= high` (the kernel's floor).
 pub(crate) struct PcpInner {
     pub(crate) count: usize,
     pub(crate) high: usize,
     pub(crate) batch: usize,
-    /// The bounds `high` is tuned within (the kernel's v6.7 PCP high
-    /// auto-tuning): each refill of an empty list raises `high` by what it
-    /// takes, a long run of frees raises it to fit the run, and each purge
-    /// tick lowers it by an eighth back towards `high_min`.
-    pub(crate) high_min: usize,
-    pub(crate) high_max: usize,
-    /// Order-0 refills take `batch << alloc_factor` pages: it rises with each
-    /// refill that follows a refill, and halves on every free.
-    alloc_factor: u8,
-    /// Pages freed since the last allocation halved it: the length of the
-    /// current run of frees, which sizes drains.
-    free_count: usize,
     pub(crate) lists: [List; NR_PCP_LISTS],
     /// Where the next drain starts its round-robin over the lists.
     free_pindex: usize,
@@ -97,10 +77,6 @@ crate::sync::maybe_const_fn! {
                 count: 0,
                 high: 4,
                 batch: 1,
-                high_min: 4,
-                high_max: 4,
-                alloc_factor: 0,
-                free_count: 0,
                 lists: [const { List::new() }; NR_PCP_LISTS],
                 free_pindex: 0,
                 zone_trips: 0,
@@ -139,77 +115,19 @@ impl PerCpuPages {
 }
 
 impl PcpInner {
-    /// Whether `high` is auto-tuned (`high_min < high_max`).
+    /// `nr_pcp_alloc`: how many blocks one refill takes: `batch` pages' worth,
+    /// at least two blocks.
     #[inline]
-    fn tuned(&self) -> bool {
-        self.high_min != self.high_max
+    fn nr_pcp_alloc(&self, order: u32) -> usize {
+        (self.batch >> order).max(2)
     }
 
-    /// `nr_pcp_alloc`: how many blocks the refill of an empty list takes.
-    /// `batch` pages' worth, at least two blocks; for order 0, `batch <<
-    /// alloc_factor`, the factor rising with each consecutive refill while
-    /// the list has room, and each refill raises `high` by what it takes: a
-    /// CPU that keeps running dry keeps more. With a fixed `high`, `batch`.
+    /// `nr_pcp_free`: how many pages a drain frees once `count` reached
+    /// `high`: enough to bring `count` down to `high - batch`, and at least
+    /// `batch`, so the next drain is at least `batch` frees away.
     #[inline]
-    fn nr_pcp_alloc(&mut self, order: u32) -> usize {
-        let base = self.batch;
-        if !self.tuned() {
-            // A fixed `high`: the tutorial's (pre-6.7) refill of `batch`.
-            return (base >> order).max(2);
-        }
-        let mut batch = if order == 0 { base << self.alloc_factor } else { base };
-        self.high = (self.high + batch).min(self.high_max);
-        if order == 0 {
-            let room = self.high.saturating_sub(self.count + base).max(base);
-            if batch <= room && self.alloc_factor < PCP_BATCH_SCALE_MAX {
-                self.alloc_factor += 1;
-            }
-            batch = batch.min(room);
-        }
-        (batch >> order).max(2)
-    }
-
-    /// `nr_pcp_high` and `nr_pcp_free` for a free that made `count` reach
-    /// `high`: with auto-tuning, a run of frees longer than `high` allows
-    /// raises `high` to fit it (for the next run) and the drain follows the
-    /// run's length, between `batch` and `high - batch`; without, the drain
-    /// brings `count` down to `high - batch`, at least `batch`.
-    #[inline]
-    fn nr_pcp_free(&mut self) -> usize {
-        let (high, batch) = (self.high, self.batch);
-        if !self.tuned() {
-            return (self.count + batch).saturating_sub(high).max(batch);
-        }
-        let need = self.free_count + batch;
-        if high < need {
-            self.high = need.clamp(self.high_min, self.high_max);
-        }
-        self.free_count.min(high.saturating_sub(batch)).max(batch)
-    }
-
-    /// `decay_pcp_high`, once per purge tick: `high` loses an eighth, never
-    /// below `high_min` nor faster than one largest refill below `count`;
-    /// what `count` has above the new `high` goes back to the zone.
-    pub(crate) fn decay_high(&mut self, zone: &Zone) {
-        if self.high <= self.high_min {
-            return;
-        }
-        let floor = self.count.saturating_sub(self.batch << PCP_BATCH_SCALE_MAX);
-        self.high = floor.max(self.high - self.high / 8).max(self.high_min);
-        if self.count > self.high {
-            let n = self.count - self.high;
-            self.free_pcppages_bulk(&mut zone.lock(), n);
-        }
-    }
-
-    /// Sets `batch` and the bounds of `high` (`zone_pcp_update`), keeping
-    /// a tuned `high` within its new bounds.
-    pub(crate) fn set_high_and_batch(&mut self, batch: usize, high_min: usize, high_max: usize) {
-        self.batch = batch;
-        self.high_min = high_min;
-        self.high_max = high_max.max(high_min);
-        self.high = if self.tuned() { self.high.clamp(self.high_min, self.high_max) } else { high_min };
-        self.alloc_factor = 0;
+    fn nr_pcp_free(&self) -> usize {
+        (self.count + self.batch).saturating_sub(self.high).max(self.batch)
     }
 
     /// `__rmqueue_pcplist`: the first (hottest) block of the list for
@@ -224,7 +142,6 @@ impl PcpInner {
         }
         let d = self.lists[pindex].pop_front()?;
         self.count -= 1 << order;
-        self.free_count >>= 1;
         self.ev.pcp_alloc.inc();
         self.ev.pgalloc.add(1 << order);
         Some(d)
@@ -249,11 +166,23 @@ impl PcpInner {
         while got < want {
             // An empty list is refilled with what the request still needs
             // if that is more than a refill takes (one zone-lock hold for
-            // the whole remainder, which is what a bulk call is for).
+            // the whole remainder, which is what a bulk call is for; on a
+            // small zone `batch` is 1 or 3).
+            let rest = want - got;
+            if self.lists[pindex].is_empty()
+                && rest > self.nr_pcp_alloc(order)
+                && !self.refill_n(zone, order, mt, pindex, rest)
+            {
+                break;
+            }
             if self.lists[pindex].is_empty() {
-                let n = self.nr_pcp_alloc(order).max(want - got);
-                if !self.refill_n(zone, order, mt, pindex, n) {
-                    break;
+                match self.rmqueue_pcplist(zone, order, mt) {
+                    Some(d) => {
+                        f(d);
+                        got += 1;
+                        continue;
+                    }
+                    None => break,
                 }
             }
             let n = self.lists[pindex].pop_front_run(want - got, |d| {
@@ -262,7 +191,6 @@ impl PcpInner {
             });
             got += n;
             self.count -= n << order;
-            self.free_count >>= 1;
             self.ev.pcp_alloc.add(n as u64);
             self.ev.pgalloc.add((n as u64) << order);
         }
@@ -309,8 +237,6 @@ impl PcpInner {
         self.used = true;
         self.lists[order_to_pindex(order, d.migratetype.get())].push_front(d);
         self.count += 1 << order;
-        self.alloc_factor >>= 1;
-        self.free_count = (self.free_count + (1 << order)).min(self.batch << PCP_BATCH_SCALE_MAX);
         self.ev.pcp_free.inc();
         self.ev.pgfree.add(1 << order);
         if self.count >= self.high {
@@ -395,13 +321,6 @@ pub(crate) fn zone_highsize(managed_pages: usize, batch: usize, nr_cpus: usize) 
     let min = min_free_kbytes / (crate::os::PAGE_SIZE / 1024);
     let low = min + (min / 4).max(managed_pages * 10 / 10_000);
     (low / nr_cpus.max(1)).max(4 * batch)
-}
-
-/// The upper bound of an auto-tuned `high`: the kernel's `zone_highsize`
-/// with `percpu_pagelist_high_fraction` 8 (an eighth of the zone split among
-/// the CPUs), capped at `PCP_HIGH_MAX_PAGES`, and never below `high_min`.
-pub(crate) fn zone_highsize_max(managed_pages: usize, high_min: usize, nr_cpus: usize) -> usize {
-    (managed_pages / 8 / nr_cpus.max(1)).min(PCP_HIGH_MAX_PAGES).max(high_min)
 }
 
 fn isqrt(n: usize) -> usize {

@@ -214,9 +214,6 @@ pub struct ZoneInfo {
     pub pcp_pages: usize,
     /// `(count, high, batch)` of the first [`ZONEINFO_CPUS`] CPUs.
     pub pcp: [(usize, usize, usize); ZONEINFO_CPUS],
-    /// `(high_min, high_max)`, the bounds `high` is auto-tuned within, of the
-    /// same CPUs (equal when auto-tuning is off).
-    pub pcp_high_bounds: [(usize, usize); ZONEINFO_CPUS],
 }
 
 impl Default for ZoneInfo {
@@ -228,7 +225,6 @@ impl Default for ZoneInfo {
             nr_cpus: 0,
             pcp_pages: 0,
             pcp: [(0, 0, 0); ZONEINFO_CPUS],
-            pcp_high_bounds: [(0, 0); ZONEINFO_CPUS],
         }
     }
 }
@@ -242,13 +238,10 @@ impl fmt::Display for ZoneInfo {
         writeln!(f, "        pcp      {}", self.pcp_pages)?;
         writeln!(f, "  pagesets")?;
         for (cpu, (count, high, batch)) in self.pcp.iter().take(self.nr_cpus).enumerate() {
-            let (high_min, high_max) = self.pcp_high_bounds[cpu];
             writeln!(f, "    cpu: {cpu}")?;
-            writeln!(f, "              count:    {count}")?;
-            writeln!(f, "              high:     {high}")?;
-            writeln!(f, "              high_min: {high_min}")?;
-            writeln!(f, "              high_max: {high_max}")?;
-            writeln!(f, "              batch:    {batch}")?;
+            writeln!(f, "              count: {count}")?;
+            writeln!(f, "              high:  {high}")?;
+            writeln!(f, "              batch: {batch}")?;
         }
         Ok(())
     }
