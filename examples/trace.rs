@@ -45,7 +45,7 @@ fn first_block_of_each_refill(t: &trace::Trace) -> (trace::Trace, String) {
             Some(_) => {
                 if skipped > 0 {
                     note = format!(
-                        "(the refill's {skipped} further blocks repeat __rmqueue → __rmqueue_smallest; not shown)"
+                        "(the refill's {skipped} further take(s) repeat __rmqueue → __rmqueue_smallest; not shown)"
                     );
                 }
                 in_bulk = None;

@@ -323,6 +323,14 @@ impl ZoneInner {
     /// of a fresh 4 MiB block leaves untouched halves that then beat the
     /// program's own freed memory.)
     fn rmqueue_smallest(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        self.rmqueue_smallest_whole(order, mt, order).map(|(d, _)| d)
+    }
+
+    /// `rmqueue_smallest`, for a caller that can take a whole block of up to
+    /// `whole` (>= `order`): a block found at such an order is not split
+    /// but returned whole, with its order (the caller cuts it into blocks of
+    /// `order`; see `rmqueue_bulk`).
+    fn rmqueue_smallest_whole(&mut self, order: u32, mt: MigrateType, whole: u32) -> Option<(&'static PageDesc, u32)> {
         let _t = trace::enter(Fn::RmqueueSmallest, order, mt);
         let start = (order..=MAX_PAGE_ORDER)
             .find(|&o| !self.free_area[o as usize].free_list[mt as usize].is_empty())
@@ -330,10 +338,13 @@ impl ZoneInner {
         for o in start..=MAX_PAGE_ORDER {
             if let Some(d) = self.get_page_from_free_area(o, mt) {
                 self.del_from_free_list(d);
+                if o > order && o <= whole {
+                    return Some((d, o));
+                }
                 self.expand(d, order, o, mt);
                 d.order.set(order as u8);
                 trace::point(Fn::MmPageAllocZoneLocked, order, mt, self.in_bulk as u32, 0, desc_to_pfn(d));
-                return Some(d);
+                return Some((d, order));
             }
         }
         None
@@ -409,14 +420,20 @@ impl ZoneInner {
     /// and it keeps the migratetypes in pageblocks of their own.
     #[inline]
     pub(crate) fn rmqueue(&mut self, order: u32, mt: MigrateType) -> Option<&'static PageDesc> {
+        self.rmqueue_whole(order, mt, order).map(|(d, _)| d)
+    }
+
+    /// `__rmqueue` that may return a whole block of up to order `whole` (see
+    /// `rmqueue_smallest_whole`); stolen blocks come one at a time.
+    fn rmqueue_whole(&mut self, order: u32, mt: MigrateType, whole: u32) -> Option<(&'static PageDesc, u32)> {
         let _t = trace::enter(Fn::RmqueueInner, order, mt);
-        if let Some(d) = self.rmqueue_smallest(order, mt) {
-            return Some(d);
+        if let Some(got) = self.rmqueue_smallest_whole(order, mt, whole) {
+            return Some(got);
         }
         if self.deferred_grow_zone(mt) {
-            return self.rmqueue_smallest(order, mt);
+            return self.rmqueue_smallest_whole(order, mt, whole);
         }
-        self.rmqueue_fallback(order, mt)
+        self.rmqueue_fallback(order, mt).map(|d| (d, order))
     }
 
     /// `deferred_grow_zone`: hands the next max-order block of a section's
@@ -468,11 +485,36 @@ impl ZoneInner {
         self.in_bulk = true;
         let mut taken = 0;
         while taken < count {
-            let Some(d) = self.rmqueue(order, mt) else { break };
-            d.state.set(PageState::Pcp);
-            d.migratetype.set(mt);
-            list.push_back(d);
-            taken += 1;
+            // A free block no bigger than what the batch still needs is
+            // taken whole and cut into `order` blocks in one pass, rather
+            // than split by `expand` into halves that the next `__rmqueue`s
+            // take straight back off the free lists: the same blocks, in
+            // the same (ascending) order, without the free-list traffic.
+            let room = count - taken;
+            let whole = order + (usize::BITS - 1 - room.leading_zeros()).min(MAX_PAGE_ORDER - order);
+            let Some((d, got)) = self.rmqueue_whole(order, mt, whole) else { break };
+            if got == order {
+                d.state.set(PageState::Pcp);
+                d.migratetype.set(mt);
+                list.push_back(d);
+                taken += 1;
+                continue;
+            }
+            let (pfn, flags, n) = (desc_to_pfn(d), d.flags.get(), 1usize << (got - order));
+            trace::point(Fn::Expand, order, mt, n as u32, got, pfn);
+            for i in 0..n {
+                // SAFETY: the block of order `got` at `pfn` is ours now and
+                // lies in a live section.
+                let b = unsafe { pfn_to_desc(pfn + (i << order)) };
+                b.flags.set(flags);
+                b.set_purged_within(0);
+                b.order.set(order as u8);
+                b.migratetype.set(mt);
+                b.state.set(PageState::Pcp);
+                trace::point(Fn::MmPageAllocZoneLocked, order, mt, 1, 0, pfn + (i << order));
+                list.push_back(b);
+            }
+            taken += n;
         }
         self.in_bulk = false;
         self.ev.pcp_refill.inc();

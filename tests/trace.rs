@@ -65,19 +65,28 @@ fn an_empty_pcp_list_is_refilled_by_one_rmqueue_bulk_of_batch_blocks() {
     let bulk = t.events[6];
     assert_eq!(bulk.count as usize, BATCH, "rmqueue_bulk took batch blocks");
     assert_eq!(names.iter().filter(|&&n| n == "rmqueue_bulk").count(), 1);
-    // Inside it: batch × (__rmqueue → __rmqueue_smallest → get_page_from_free_area
-    // [→ expand] → mm_page_alloc_zone_locked with percpu_refill=1).
+    // Inside it, one take per __rmqueue → __rmqueue_smallest →
+    // get_page_from_free_area, then either [expand →] one
+    // mm_page_alloc_zone_locked (percpu_refill=1), or, for a free block no
+    // bigger than what the batch still needs, an expand that cuts the whole
+    // block (its count: the blocks) and one mm_page_alloc_zone_locked each.
     let inside: Vec<_> = t.events[7..t.events.len() - 1].to_vec();
     assert!(inside.iter().all(|e| e.depth > bulk.depth));
     let count = |f: Fn| inside.iter().filter(|e| e.func == f).count();
-    assert_eq!(count(Fn::RmqueueInner), BATCH);
-    assert_eq!(count(Fn::RmqueueSmallest), BATCH);
-    assert_eq!(count(Fn::MmPageAllocZoneLocked), BATCH);
+    let takes = count(Fn::RmqueueInner);
+    assert_eq!(count(Fn::RmqueueSmallest), takes);
+    assert_eq!(count(Fn::MmPageAllocZoneLocked), BATCH, "one tracepoint per block taken");
     assert!(inside.iter().filter(|e| e.func == Fn::MmPageAllocZoneLocked).all(|e| e.count == 1));
-    assert!(count(Fn::GetPageFromFreeArea) >= BATCH);
+    let whole: Vec<_> = inside.iter().filter(|e| e.func == Fn::Expand && e.count != u32::MAX).collect();
+    let cut: usize = whole.iter().map(|e| e.count as usize).sum();
+    assert_eq!(takes - whole.len() + cut, BATCH, "the takes add up to batch blocks\n{}", t.tree());
+    assert!(!whole.is_empty(), "a refill of {BATCH} after warm-up takes a whole block\n{}", t.tree());
+    for e in &whole {
+        assert_eq!(e.count, 1 << (e.extra - e.order as u32), "a whole block of order {} is cut in 2^k", e.extra);
+    }
     let found = inside.iter().filter(|e| e.func == Fn::GetPageFromFreeArea && e.count == 1).count();
-    assert_eq!(found, BATCH, "each __rmqueue_smallest stops at the first free area with a block");
-    // The order sequence per block: rmqueue, smallest, areas..., [expand], zone_locked.
+    assert_eq!(found, takes, "each __rmqueue_smallest stops at the first free area with a block");
+    // The order sequence per take: rmqueue, smallest, areas..., [expand], zone_locked.
     for w in inside.windows(2) {
         if w[0].func == Fn::RmqueueInner {
             assert_eq!(w[1].func, Fn::RmqueueSmallest);
