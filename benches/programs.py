@@ -295,7 +295,8 @@ def fastpath():
         table(["allocator", f"instructions, {FASTPATH_PAIRS:,} pairs", "instructions, 0 pairs", "per pair",
                "pcpalloc / this"], rows), "",
         f"The page allocator's own fast path, `pagepath`: {FASTPATH_PAIRS:,} pairs of `alloc_page` + `free_page` "
-        "(`rmqueue_pcplist` and `free_unref_page_commit` on this CPU's list), built with pcpalloc's `trace` "
+        "(the thread's page cache: a pop and a push; the PCP's `rmqueue_pcplist` and "
+        "`free_unref_page_commit` once per half bin), built with pcpalloc's `trace` "
         "feature off and with it compiled in but not recording; `trace symbols` counts the functions of "
         "`pcpalloc::trace` left in the binary (`nm`). With the feature off the hooks are gone, so the first "
         "row is the fast path's cost with no tracing at all. (Under valgrind glibc registers no rseq area, so "
@@ -366,7 +367,7 @@ def page_threads(runs, scale):
         "barrier holding nothing while the allocator's caches are read, and again after they have exited. "
         "Caches per thread grow with the number of threads, caches per CPU with the number of CPUs. "
         "RSS growth is measured from just before the threads start. \"Held in caches\" is the allocator's own "
-        "figure: pcpalloc `zoneinfo().pcp_pages` + the pages of all slabs in `slabinfo()`; jemalloc "
+        "figure: pcpalloc `zoneinfo().pcp_pages` + `stats().page_cache` (threads' page caches) + the pages of all slabs in `slabinfo()`; jemalloc "
         "`stats.arenas.<all>.tcache_bytes` + (`stats.active` − `stats.allocated`); mimalloc and glibc report no "
         "such figure (see RSS).", "",
         table(["allocator", "time", "of which threads working", "peak RSS", "RSS growth, 64 threads alive",

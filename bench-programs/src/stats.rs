@@ -36,9 +36,10 @@ pub struct Held {
 #[cfg_attr(all(feature = "jemalloc", not(feature = "jemalloc-stats")), allow(dead_code))]
 const KIB: u64 = 1024;
 
-/// Reads the allocator's statistics: `zoneinfo().pcp_pages` and the slab
-/// pages of `slabinfo()` (thread caches, transfer batches and free objects
-/// all live in slab pages).
+/// Reads the allocator's statistics: `zoneinfo().pcp_pages`, the threads'
+/// page caches (`stats().page_cache`) and the slab pages of `slabinfo()`
+/// (thread caches, transfer batches and free objects all live in slab
+/// pages).
 #[cfg(all(feature = "pcpalloc", not(any(feature = "jemalloc", feature = "mimalloc", feature = "system"))))]
 pub fn held() -> Held {
     let page = pcpalloc::PAGE_SIZE as u64;
@@ -54,12 +55,14 @@ pub fn held() -> Held {
         out_of_slabs += (c.active_objs * c.objsize) as u64;
         transfer += (c.transfer_objs * c.objsize) as u64;
     }
+    let page_cache = all.page_cache as u64;
     Held {
-        cached: Some(pcp + slab_bytes),
+        cached: Some(pcp + page_cache + slab_bytes),
         detail: format!(
-            "pcp_pages {} KiB + slab pages {} KiB (objects out of slabs, in thread caches or live: {} KiB; \
+            "pcp_pages {} KiB + page caches {} KiB + slab pages {} KiB (objects out of slabs, in thread caches or live: {} KiB; \
              in transfer batches: {} KiB); stats(): cached {} KiB, resident {} KiB, buddy free {} KiB",
             pcp / KIB,
+            page_cache / KIB,
             slab_bytes / KIB,
             out_of_slabs / KIB,
             transfer / KIB,
