@@ -284,11 +284,11 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
         Kind::Small(c) => unsafe { small_free(c, ptr) },
         Kind::Large { npages, .. } => {
             account_large(size.wrapping_neg(), npages.wrapping_neg());
-            if npages.is_power_of_two() && npages <= 1 << PAGE_ALLOC_COSTLY_ORDER {
-                // One aligned block of a PCP order (the tiling of a power of
-                // two pages at an aligned start): through the page cache.
+            let start = ptr as usize >> PAGE_SHIFT;
+            if large::is_one_pcp_block(start, npages) {
+                // One block of a PCP order: through the page cache.
                 // SAFETY: a live large block lies in a live section.
-                let d = unsafe { pfn_to_desc(ptr as usize >> PAGE_SHIFT) };
+                let d = unsafe { pfn_to_desc(start) };
                 return cached_free_block(d, npages.trailing_zeros());
             }
             // SAFETY: a large block of `npages` pages (the caller's layout).

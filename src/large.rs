@@ -48,6 +48,15 @@ pub(crate) fn large_order(npages: usize, align: usize) -> Option<u32> {
     (order <= MAX_PAGE_ORDER).then_some(order)
 }
 
+/// Whether the tiling of `npages` pages at `start` is one block of a PCP
+/// order: a power of two of at most 8 pages at a start aligned to it. (A
+/// block grown in place by `resize_large` from an over-aligned single page
+/// may start at a lesser alignment and tile as several blocks.)
+#[inline]
+pub(crate) fn is_one_pcp_block(start: usize, npages: usize) -> bool {
+    npages.is_power_of_two() && npages <= 1 << PAGE_ALLOC_COSTLY_ORDER && start & (npages - 1) == 0
+}
+
 /// Marks each block of the tiling of `[start, end)` as an allocated head.
 fn mark_tiling(start: usize, end: usize) {
     for (pfn, order) in tiling(start, end) {
@@ -119,9 +128,9 @@ pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero
 /// it by `resize_large`) and not be used again.
 pub(crate) unsafe fn free_large(pages: &PageAllocator, ptr: NonNull<u8>, npages: usize) {
     let start = ptr.as_ptr() as usize >> PAGE_SHIFT;
-    if npages.is_power_of_two() && npages <= 1 << PAGE_ALLOC_COSTLY_ORDER {
+    if is_one_pcp_block(start, npages) {
         // One block the PCP lists take: the fast path for 4 to 32 KiB.
-        // SAFETY: a power-of-two block is its own tiling's only head.
+        // SAFETY: such a block is its own tiling's only head.
         pages.free_block(unsafe { pfn_to_desc(start) }, npages.trailing_zeros());
         return;
     }
@@ -197,6 +206,33 @@ pub(crate) unsafe fn realloc_huge(ptr: NonNull<u8>, old: usize, new: usize) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page_alloc::Config;
+
+    #[test]
+    fn a_power_of_two_grown_in_place_at_a_lesser_alignment_frees_as_its_tiling() {
+        let pages = PageAllocator::new(Config { nr_cpus: 1, ..Config::small(4096, 1) });
+        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        pages.free_pages(warm, 0);
+        pages.drain_all_pages();
+        // An order-1 block first, so that the next one starts 2 pages past
+        // an 8-page boundary.
+        let before = pages.alloc_pages(Gfp::DEFAULT, 1).unwrap();
+        // One page of an order-1 block (a 4 KiB request aligned to 8 KiB).
+        let p = alloc_large(&pages, 1, 1, false).unwrap();
+        let start = p.as_ptr() as usize >> PAGE_SHIFT;
+        assert_ne!(start % 8, 0, "the block starts 8-page aligned: the case is not set up");
+        // SAFETY: a live large block of one page, grown into free pages.
+        assert!(unsafe { resize_large(&pages, p, 1, 8) }, "the pages after the block are free");
+        assert!(!is_one_pcp_block(start, 8));
+        pages.check().unwrap();
+        // Its 8 pages tile as several blocks; the free must follow the tiling
+        // (taking it for one order-3 block aborts in `bad_page`).
+        // SAFETY: the block now has 8 pages.
+        unsafe { free_large(&pages, p, 8) };
+        pages.free_pages(before, 1);
+        pages.drain_all_pages();
+        pages.check().unwrap();
+    }
 
     #[test]
     fn tiling_covers_exactly_with_aligned_blocks() {
