@@ -10,11 +10,10 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::large::{self, large_order, pages_for};
 use crate::os::PurgeMode;
-use crate::page::{
-    desc_to_pfn, pfn_to_addr, pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_ALLOC_COSTLY_ORDER, PAGE_SHIFT,
-};
+use crate::page::{desc_to_pfn, pfn_to_addr, pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_SHIFT};
 use crate::page_alloc::Gfp;
 use crate::page_alloc::DEFAULT_DECAY_MS;
+use crate::page_cache::{is_one_cached_block, NR_PAGE_BINS};
 use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL};
 use crate::trace::{self, Fn as TraceFn};
 use crate::PAGES;
@@ -198,11 +197,11 @@ unsafe fn small_free(c: usize, ptr: *mut u8) {
 
 // ---- blocks of orders 0..=3 through the thread's page cache ----------------
 
-/// A block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`, migratetype
+/// A block of `2^order` pages (`order < NR_PAGE_BINS`, migratetype
 /// movable) from the thread's page cache, prepared as `alloc_pages` does.
 #[inline(always)]
 pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
-    debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+    debug_assert!((order as usize) < NR_PAGE_BINS);
     let _t = trace::enter(TraceFn::PageCacheAlloc, order, MIGRATE_MOVABLE);
     // SAFETY: the cache is this thread's alone, and nothing called from here
     // re-enters the allocator on this thread.
@@ -212,12 +211,12 @@ pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDe
     }
 }
 
-/// Frees a block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`)
+/// Frees a block of `2^order` pages (`order < NR_PAGE_BINS`)
 /// through the thread's page cache; a block that is not an allocated block
 /// of this order aborts with `bad_page`.
 #[inline(always)]
 pub(crate) fn cached_free_block(d: &'static PageDesc, order: u32) {
-    debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
+    debug_assert!((order as usize) < NR_PAGE_BINS);
     let _t = trace::enter(TraceFn::PageCacheFree, order, MIGRATE_MOVABLE);
     // SAFETY: as in `cached_alloc_block`.
     if CACHE.try_with(|h| unsafe { (*h.get()).free_block(&SLABS, d, order) }).is_err() {
@@ -240,8 +239,8 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
             }
             return p;
         }
-        Kind::Large { npages, order } if npages == 1 << order && order <= PAGE_ALLOC_COSTLY_ORDER => {
-            // One whole PCP-order block, nothing to give back: as a page.
+        Kind::Large { npages, order } if npages == 1 << order && (order as usize) < NR_PAGE_BINS => {
+            // One whole block of a page-cache order, nothing to give back.
             let gfp = if zero { Gfp::ZERO } else { Gfp::DEFAULT };
             let b = cached_alloc_block(order, gfp).map(desc_addr);
             if b.is_some() {
@@ -285,8 +284,8 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
         Kind::Large { npages, .. } => {
             account_large(size.wrapping_neg(), npages.wrapping_neg());
             let start = ptr as usize >> PAGE_SHIFT;
-            if large::is_one_pcp_block(start, npages) {
-                // One block of a PCP order: through the page cache.
+            if is_one_cached_block(start, npages) {
+                // One block of a page-cache order: through the page cache.
                 // SAFETY: a live large block lies in a live section.
                 let d = unsafe { pfn_to_desc(start) };
                 return cached_free_block(d, npages.trailing_zeros());

@@ -68,7 +68,7 @@ pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
 
 /// `alloc_page`: one page from the process-wide page allocator.
 ///
-/// Orders 0..=3 of the default migratetype are served first from the
+/// Orders 0..=4 of the default migratetype are served first from the
 /// calling thread's page cache, a few blocks it freed, kept in front of
 /// this CPU's PCP lists and refilled from them in batches (see
 /// `ARCHITECTURE.md`); everything else goes to the PCP or the zone.
@@ -82,7 +82,7 @@ pub fn alloc_page(gfp: Gfp) -> Option<Page> {
 #[cfg(not(loom))]
 #[inline]
 pub fn alloc_pages(gfp: Gfp, order: u32) -> Option<Page> {
-    if order <= PAGE_ALLOC_COSTLY_ORDER && gfp.migratetype() == MIGRATE_MOVABLE {
+    if (order as usize) < page_cache::NR_PAGE_BINS && gfp.migratetype() == MIGRATE_MOVABLE {
         let _t = trace::enter(trace::Fn::AllocPages, order, MIGRATE_MOVABLE);
         return global::cached_alloc_block(order, gfp).map(page_alloc::page_of);
     }
@@ -108,7 +108,7 @@ pub fn free_page(page: Page) {
 #[cfg(not(loom))]
 #[inline]
 pub fn free_pages(page: Page, order: u32) {
-    if order <= PAGE_ALLOC_COSTLY_ORDER {
+    if (order as usize) < page_cache::NR_PAGE_BINS {
         let _t = trace::enter(trace::Fn::FreePages, order, MIGRATE_MOVABLE);
         return global::cached_free_block(page_alloc::page_desc(&page), order);
     }
@@ -116,7 +116,7 @@ pub fn free_pages(page: Page, order: u32) {
 }
 
 /// `drain_all_pages`: gives the calling thread's page cache and every CPU's
-/// PCP lists back to the zone. (Other threads' page caches, at most 128 KiB
+/// PCP lists back to the zone. (Other threads' page caches, at most 192 KiB
 /// each, only their threads can empty: they do on their slow paths once
 /// per decay time, and at exit.)
 #[cfg(not(loom))]

@@ -573,15 +573,16 @@ impl PageAllocator {
         got
     }
 
-    /// Gives blocks of `order` (at most `PAGE_ALLOC_COSTLY_ORDER`) from a
-    /// thread's page cache back to this CPU's PCP under one try-lock, each
-    /// as `free_unref_page_commit` (a drain when `count` reaches `high`),
-    /// or, if the PCP is busy, to the zone under one hold of its lock.
+    /// Gives blocks of `order` from a thread's page cache back to this CPU's
+    /// PCP under one try-lock, each as `free_unref_page_commit` (a drain when
+    /// `count` reaches `high`), or, if the PCP is busy or the order has no
+    /// PCP list, to the zone under one hold of its lock.
     pub(crate) fn pcp_give_many(&self, order: u32, blocks: impl Iterator<Item = &'static PageDesc>) {
-        debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
         let _t = trace::enter(Fn::FreeUnrefPage, order, MIGRATE_MOVABLE);
         let pcp = self.this_pcp();
-        if pcp.lock.try_lock() {
+        if order > PAGE_ALLOC_COSTLY_ORDER {
+            // No PCP list for the order: straight to the zone.
+        } else if pcp.lock.try_lock() {
             // SAFETY: we hold the PCP lock until the unlock below.
             let inner = unsafe { pcp.locked() };
             let trips = inner.zone_trips;
@@ -595,8 +596,9 @@ impl PageAllocator {
                 self.maybe_purge();
             }
             return;
+        } else {
+            pcp.trylock_fail.inc_shared();
         }
-        pcp.trylock_fail.inc_shared();
         {
             let mut zone = self.zone.lock();
             for d in blocks {

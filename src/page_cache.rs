@@ -1,4 +1,4 @@
-//! A thread's page cache: a few blocks of each PCP order (4 to 32 KiB) that
+//! A thread's page cache: a few blocks of each order 0..=4 (4 to 64 KiB) that
 //! the thread freed, kept for its next allocation of that order.
 //!
 //! The kernel has no such layer: its per-CPU lists need no atomic
@@ -9,8 +9,8 @@
 //! allocation and on each free, about two thirds of a 15 ns page round
 //! trip. A thread's own stack of blocks needs none. It sits where jemalloc's
 //! tcache and SLUB's per-CPU slab sit: in front, small (32 KiB of each
-//! order, 128 KiB in all), and refilled from and flushed to the PCP in
-//! batches, so the PCP still sees the traffic, a batch per lock, and its
+//! PCP order and one 64 KiB block, 192 KiB in all), and refilled from and
+//! flushed to the PCP in batches, so the PCP still sees the traffic, a batch per lock, and its
 //! `high`/`batch` bookkeeping works as before.
 //!
 //! Only `MIGRATE_MOVABLE` blocks are cached: the page API's default and the
@@ -27,11 +27,21 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::page::*;
 use crate::page_alloc::{prep_new_page, Gfp, PageAllocator};
 
-/// Orders with a bin: those with PCP lists.
-pub(crate) const NR_PAGE_BINS: usize = PAGE_ALLOC_COSTLY_ORDER as usize + 1;
+/// Orders with a bin: those with PCP lists, and order 4 (64 KiB, a common
+/// I/O buffer size), whose one cached block comes from and goes back to the
+/// zone directly, as the kernel serves orders above
+/// `PAGE_ALLOC_COSTLY_ORDER`.
+pub(crate) const NR_PAGE_BINS: usize = PAGE_ALLOC_COSTLY_ORDER as usize + 2;
 
-/// Most blocks a bin holds: 32 KiB of each order.
-pub(crate) const PAGE_BIN_MAX: [u32; NR_PAGE_BINS] = [8, 4, 2, 1];
+/// Most blocks a bin holds: 32 KiB of each PCP order, one 64 KiB block.
+pub(crate) const PAGE_BIN_MAX: [u32; NR_PAGE_BINS] = [8, 4, 2, 1, 1];
+
+/// Whether `npages` pages at `start` are one block a bin takes: a power of
+/// two of at most `2^(NR_PAGE_BINS - 1)` pages at a start aligned to it.
+#[inline]
+pub(crate) fn is_one_cached_block(start: usize, npages: usize) -> bool {
+    npages.is_power_of_two() && npages <= 1 << (NR_PAGE_BINS - 1) && start & (npages - 1) == 0
+}
 
 const SLOTS: usize = 8;
 
@@ -136,9 +146,14 @@ impl PageCache {
 
     /// Refills an empty bin with half its size (at least one block) from
     /// this CPU's PCP under one try-lock; how many came (0 if the PCP was
-    /// busy or had nothing and the zone had nothing either).
+    /// busy or had nothing and the zone had nothing either, and always for
+    /// order 4, which has no PCP list: the caller takes that block from the
+    /// zone itself).
     #[cold]
     pub(crate) fn refill(&mut self, pages: &PageAllocator, order: u32) -> usize {
+        if order > PAGE_ALLOC_COSTLY_ORDER {
+            return 0;
+        }
         let bin = &mut self.bins[order as usize];
         debug_assert_eq!(bin.count.load(Relaxed), 0);
         let want = bin.max.div_ceil(2) as usize;

@@ -1053,7 +1053,7 @@ impl ThreadCache {
         self.pages.cached_pages()
     }
 
-    /// Blocks of `order` (0..=3) this cache's page bin holds.
+    /// Blocks of `order` (0..=4) this cache's page bin holds.
     pub fn cached_blocks(&self, order: u32) -> usize {
         if self.dead || order as usize >= NR_PAGE_BINS {
             return 0;
@@ -1146,7 +1146,7 @@ impl ThreadCache {
         self.refill(slabs, c)
     }
 
-    /// A block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`) of
+    /// A block of `2^order` pages (`order < NR_PAGE_BINS`) of
     /// migratetype `MIGRATE_MOVABLE`, prepared as `alloc_pages` prepares it:
     /// the fast path pops the page bin; an empty bin refills from this
     /// CPU's PCP, half a bin under one try-lock.
@@ -1177,7 +1177,7 @@ impl ThreadCache {
         slabs.pages.alloc_block(gfp, order, CACHED_MT)
     }
 
-    /// Frees a block of `2^order` pages (`order <= PAGE_ALLOC_COSTLY_ORDER`)
+    /// Frees a block of `2^order` pages (`order < NR_PAGE_BINS`)
     /// that `alloc_block` (or the page allocator) handed out: onto the page
     /// bin, or, when it is full, after half the bin went back to the PCP.
     /// A block that is not an allocated block of this order aborts with
