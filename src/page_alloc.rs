@@ -573,41 +573,10 @@ impl PageAllocator {
         got
     }
 
-    /// Gives blocks of `order` from a thread's page cache back to this CPU's
-    /// PCP under one try-lock, each as `free_unref_page_commit` (a drain when
-    /// `count` reaches `high`), or, if the PCP is busy or the order has no
-    /// PCP list, to the zone under one hold of its lock.
+    /// Gives blocks of `order` from a thread's page cache back: see
+    /// `free_blocks`.
     pub(crate) fn pcp_give_many(&self, order: u32, blocks: impl Iterator<Item = &'static PageDesc>) {
-        let _t = trace::enter(Fn::FreeUnrefPage, order, MIGRATE_MOVABLE);
-        let pcp = self.this_pcp();
-        if order > PAGE_ALLOC_COSTLY_ORDER {
-            // No PCP list for the order: straight to the zone.
-        } else if pcp.lock.try_lock() {
-            // SAFETY: we hold the PCP lock until the unlock below.
-            let inner = unsafe { pcp.locked() };
-            let trips = inner.zone_trips;
-            for d in blocks {
-                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
-                inner.free_unref_page_commit(&self.zone, d, order);
-            }
-            let went_to_zone = inner.zone_trips != trips;
-            pcp.lock.unlock();
-            if went_to_zone {
-                self.maybe_purge();
-            }
-            return;
-        } else {
-            pcp.trylock_fail.inc_shared();
-        }
-        {
-            let mut zone = self.zone.lock();
-            for d in blocks {
-                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
-                zone.ev.pgfree.add(1 << order);
-                zone.free_one_page(d, order);
-            }
-        }
-        self.maybe_purge();
+        self.free_blocks(order, MIGRATE_MOVABLE, blocks)
     }
 
     // ---- free ---------------------------------------------------------------
@@ -623,23 +592,35 @@ impl PageAllocator {
     /// `free_block` of a block `free_pages_prepare` has checked.
     #[inline(always)]
     pub(crate) fn free_block_prepared(&self, d: &'static PageDesc, order: u32) {
-        let _t = trace::enter(Fn::FreeUnrefPage, order, d.migratetype.get());
-        trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+        #[cfg(loom_broken = "free_skips_trylock")]
+        if order <= PAGE_ALLOC_COSTLY_ORDER && crate::sync::broken("free_skips_trylock") {
+            // Broken on purpose (loom-tests): commits to this CPU's list
+            // without taking the PCP lock.
+            // SAFETY: none: this is the bug the loom model must catch.
+            unsafe { self.this_pcp().locked() }.free_unref_page_commit(&self.zone, d, order);
+            return;
+        }
+        self.free_blocks(order, d.migratetype.get(), core::iter::once(d))
+    }
+
+    /// `free_unref_page` for allocated blocks of `order` (one, or a page
+    /// cache's flush): onto this CPU's list under one try-lock, each as
+    /// `free_unref_page_commit` (a drain when `count` reaches `high`), or,
+    /// for costly orders or when this CPU's PCP is busy, to the zone under
+    /// one hold of its lock.
+    #[inline(always)]
+    fn free_blocks(&self, order: u32, mt: MigrateType, blocks: impl Iterator<Item = &'static PageDesc>) {
+        let _t = trace::enter(Fn::FreeUnrefPage, order, mt);
         if order <= PAGE_ALLOC_COSTLY_ORDER {
             let pcp = self.this_pcp();
-            #[cfg(loom_broken = "free_skips_trylock")]
-            if crate::sync::broken("free_skips_trylock") {
-                // Broken on purpose (loom-tests): commits to this CPU's list
-                // without taking the PCP lock.
-                // SAFETY: none: this is the bug the loom model must catch.
-                unsafe { pcp.locked() }.free_unref_page_commit(&self.zone, d, order);
-                return;
-            }
             if pcp.lock.try_lock() {
                 // SAFETY: we hold the PCP lock until the unlock below.
                 let inner = unsafe { pcp.locked() };
                 let trips = inner.zone_trips;
-                inner.free_unref_page_commit(&self.zone, d, order);
+                for d in blocks {
+                    trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+                    inner.free_unref_page_commit(&self.zone, d, order);
+                }
                 let went_to_zone = inner.zone_trips != trips;
                 pcp.lock.unlock();
                 if went_to_zone {
@@ -651,8 +632,11 @@ impl PageAllocator {
         }
         {
             let mut zone = self.zone.lock();
-            zone.ev.pgfree.add(1 << order);
-            zone.free_one_page(d, order);
+            for d in blocks {
+                trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
+                zone.ev.pgfree.add(1 << order);
+                zone.free_one_page(d, order);
+            }
         }
         self.maybe_purge();
     }
