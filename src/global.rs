@@ -10,20 +10,13 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::large::{self, large_order, pages_for};
 use crate::os::PurgeMode;
-use crate::page::{desc_to_pfn, pfn_to_addr, pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_SHIFT};
-use crate::page_alloc::Gfp;
+use crate::page::{pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_SHIFT};
 use crate::page_alloc::DEFAULT_DECAY_MS;
-use crate::page_cache::{is_one_cached_block, NR_PAGE_BINS};
+use crate::page_alloc::{desc_ptr, Gfp};
+use crate::page_cache::NR_PAGE_BINS;
 use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL};
 use crate::trace::{self, Fn as TraceFn};
 use crate::PAGES;
-
-/// A block's address as the non-null pointer `alloc` returns.
-#[inline(always)]
-fn desc_addr(d: &'static PageDesc) -> NonNull<u8> {
-    // SAFETY: page frame numbers of live descriptors are never zero.
-    unsafe { NonNull::new_unchecked(pfn_to_addr(desc_to_pfn(d))) }
-}
 
 /// The process-wide slab layer, over the process-wide page allocator.
 pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, Some(arm_exit_flush));
@@ -195,7 +188,7 @@ unsafe fn small_free(c: usize, ptr: *mut u8) {
     }
 }
 
-// ---- blocks of orders 0..=3 through the thread's page cache ----------------
+// ---- blocks of orders 0..=4 through the thread's page cache ----------------
 
 /// A block of `2^order` pages (`order < NR_PAGE_BINS`, migratetype
 /// movable) from the thread's page cache, prepared as `alloc_pages` does.
@@ -242,7 +235,7 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
         Kind::Large { npages, order } if npages == 1 << order && (order as usize) < NR_PAGE_BINS => {
             // One whole block of a page-cache order, nothing to give back.
             let gfp = if zero { Gfp::ZERO } else { Gfp::DEFAULT };
-            let b = cached_alloc_block(order, gfp).map(desc_addr);
+            let b = cached_alloc_block(order, gfp).map(desc_ptr);
             if b.is_some() {
                 account_large(size, npages);
             }
@@ -284,7 +277,7 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
         Kind::Large { npages, .. } => {
             account_large(size.wrapping_neg(), npages.wrapping_neg());
             let start = ptr as usize >> PAGE_SHIFT;
-            if is_one_cached_block(start, npages) {
+            if large::is_one_block(start, npages, NR_PAGE_BINS as u32 - 1) {
                 // One block of a page-cache order: through the page cache.
                 // SAFETY: a live large block lies in a live section.
                 let d = unsafe { pfn_to_desc(start) };

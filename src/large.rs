@@ -48,13 +48,13 @@ pub(crate) fn large_order(npages: usize, align: usize) -> Option<u32> {
     (order <= MAX_PAGE_ORDER).then_some(order)
 }
 
-/// Whether the tiling of `npages` pages at `start` is one block of a PCP
-/// order: a power of two of at most 8 pages at a start aligned to it. (A
-/// block grown in place by `resize_large` from an over-aligned single page
-/// may start at a lesser alignment and tile as several blocks.)
+/// Whether the tiling of `npages` pages at `start` is one block of at most
+/// `max_order`: a power of two of pages at a start aligned to it. (A block
+/// grown in place by `resize_large` from an over-aligned single page may
+/// start at a lesser alignment and tile as several blocks.)
 #[inline]
-pub(crate) fn is_one_pcp_block(start: usize, npages: usize) -> bool {
-    npages.is_power_of_two() && npages <= 1 << PAGE_ALLOC_COSTLY_ORDER && start & (npages - 1) == 0
+pub(crate) fn is_one_block(start: usize, npages: usize, max_order: u32) -> bool {
+    npages.is_power_of_two() && npages <= 1 << max_order && start & (npages - 1) == 0
 }
 
 /// Marks each block of the tiling of `[start, end)` as an allocated head.
@@ -128,7 +128,7 @@ pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero
 /// it by `resize_large`) and not be used again.
 pub(crate) unsafe fn free_large(pages: &PageAllocator, ptr: NonNull<u8>, npages: usize) {
     let start = ptr.as_ptr() as usize >> PAGE_SHIFT;
-    if is_one_pcp_block(start, npages) {
+    if is_one_block(start, npages, PAGE_ALLOC_COSTLY_ORDER) {
         // One block the PCP lists take: the fast path for 4 to 32 KiB.
         // SAFETY: such a block is its own tiling's only head.
         pages.free_block(unsafe { pfn_to_desc(start) }, npages.trailing_zeros());
@@ -223,7 +223,7 @@ mod tests {
         assert_ne!(start % 8, 0, "the block starts 8-page aligned: the case is not set up");
         // SAFETY: a live large block of one page, grown into free pages.
         assert!(unsafe { resize_large(&pages, p, 1, 8) }, "the pages after the block are free");
-        assert!(!is_one_pcp_block(start, 8));
+        assert!(!is_one_block(start, 8, PAGE_ALLOC_COSTLY_ORDER));
         pages.check().unwrap();
         // Its 8 pages tile as several blocks; the free must follow the tiling
         // (taking it for one order-3 block aborts in `bad_page`).

@@ -14,7 +14,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::os::{self, PurgeMode};
 use crate::page::*;
-use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, PerCpuPages};
+use crate::pcp::{pcp_new, zone_batchsize, zone_highsize, PcpInner, PerCpuPages};
 use crate::stats::{BuddyInfo, VmStat, ZoneInfo};
 use crate::sync::{AtomicUsize, Counter, Ordering, RawLock};
 use crate::trace::{self, Fn};
@@ -380,25 +380,36 @@ impl PageAllocator {
     #[inline(always)]
     fn rmqueue_pcplist(&self, order: u32, mt: MigrateType) -> PcpResult {
         let _t = trace::enter(Fn::RmqueuePcplist, order, mt);
+        match self.with_this_pcp(|inner| inner.rmqueue_pcplist(&self.zone, order, mt)) {
+            Some(Some(d)) => PcpResult::Got(d),
+            Some(None) => PcpResult::Empty,
+            None => PcpResult::Busy,
+        }
+    }
+
+    /// Runs `f` on this CPU's PCP under a try-lock (`None`, counted as a
+    /// try-lock failure, if another thread holds it); once the lock is
+    /// dropped, does what a trip to the zone inside `f` calls for
+    /// (`after_zone_trip`).
+    #[inline(always)]
+    fn with_this_pcp<R>(&self, f: impl FnOnce(&mut PcpInner) -> R) -> Option<R> {
         let pcp = self.this_pcp();
         if !pcp.lock.try_lock() {
             pcp.trylock_fail.inc_shared();
-            return PcpResult::Busy;
+            return None;
         }
-        // SAFETY: we hold the PCP lock until the unlock below.
+        // SAFETY: we hold the PCP lock until the unlock below, and `inner`
+        // is not used after it.
         let inner = unsafe { pcp.locked() };
         let trips = inner.zone_trips;
-        let got = inner.rmqueue_pcplist(&self.zone, order, mt);
+        let r = f(inner);
         let went_to_zone = inner.zone_trips != trips;
         let resize = core::mem::take(&mut inner.resize_wanted);
         pcp.lock.unlock();
         if went_to_zone {
             self.after_zone_trip(resize);
         }
-        match got {
-            Some(d) => PcpResult::Got(d),
-            None => PcpResult::Empty,
-        }
+        Some(r)
     }
 
     /// `rmqueue_buddy`: one block straight from the zone.
@@ -552,25 +563,13 @@ impl PageAllocator {
     ) -> usize {
         debug_assert!(order <= PAGE_ALLOC_COSTLY_ORDER);
         let _t = trace::enter(Fn::RmqueuePcplist, order, mt);
-        let pcp = self.this_pcp();
-        if !pcp.lock.try_lock() {
-            pcp.trylock_fail.inc_shared();
-            return 0;
-        }
-        // SAFETY: we hold the PCP lock until the unlock below.
-        let inner = unsafe { pcp.locked() };
-        let trips = inner.zone_trips;
-        let got = inner.rmqueue_pcplist_many(&self.zone, order, mt, want, |d| {
-            trace::point(Fn::MmPageAlloc, order, mt, u32::MAX, 0, desc_to_pfn(d));
-            f(d)
-        });
-        let went_to_zone = inner.zone_trips != trips;
-        let resize = core::mem::take(&mut inner.resize_wanted);
-        pcp.lock.unlock();
-        if went_to_zone {
-            self.after_zone_trip(resize);
-        }
-        got
+        self.with_this_pcp(|inner| {
+            inner.rmqueue_pcplist_many(&self.zone, order, mt, want, |d| {
+                trace::point(Fn::MmPageAlloc, order, mt, u32::MAX, 0, desc_to_pfn(d));
+                f(d)
+            })
+        })
+        .unwrap_or(0)
     }
 
     /// Gives blocks of `order` from a thread's page cache back: see
@@ -609,26 +608,18 @@ impl PageAllocator {
     /// for costly orders or when this CPU's PCP is busy, to the zone under
     /// one hold of its lock.
     #[inline(always)]
-    fn free_blocks(&self, order: u32, mt: MigrateType, blocks: impl Iterator<Item = &'static PageDesc>) {
+    fn free_blocks(&self, order: u32, mt: MigrateType, mut blocks: impl Iterator<Item = &'static PageDesc>) {
         let _t = trace::enter(Fn::FreeUnrefPage, order, mt);
         if order <= PAGE_ALLOC_COSTLY_ORDER {
-            let pcp = self.this_pcp();
-            if pcp.lock.try_lock() {
-                // SAFETY: we hold the PCP lock until the unlock below.
-                let inner = unsafe { pcp.locked() };
-                let trips = inner.zone_trips;
-                for d in blocks {
+            let listed = self.with_this_pcp(|inner| {
+                for d in blocks.by_ref() {
                     trace::point(Fn::MmPageFree, order, d.migratetype.get(), u32::MAX, 0, desc_to_pfn(d));
                     inner.free_unref_page_commit(&self.zone, d, order);
                 }
-                let went_to_zone = inner.zone_trips != trips;
-                pcp.lock.unlock();
-                if went_to_zone {
-                    self.maybe_purge();
-                }
+            });
+            if listed.is_some() {
                 return;
             }
-            pcp.trylock_fail.inc_shared();
         }
         {
             let mut zone = self.zone.lock();
@@ -1022,8 +1013,9 @@ impl Drop for PageAllocator {
     }
 }
 
+/// A block's address, from its head descriptor.
 #[inline(always)]
-fn desc_ptr(d: &PageDesc) -> NonNull<u8> {
+pub(crate) fn desc_ptr(d: &PageDesc) -> NonNull<u8> {
     // SAFETY: page frame numbers of live descriptors are never zero.
     unsafe { NonNull::new_unchecked(pfn_to_addr(desc_to_pfn(d))) }
 }

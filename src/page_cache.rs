@@ -36,13 +36,6 @@ pub(crate) const NR_PAGE_BINS: usize = PAGE_ALLOC_COSTLY_ORDER as usize + 2;
 /// Most blocks a bin holds: 32 KiB of each PCP order, one 64 KiB block.
 pub(crate) const PAGE_BIN_MAX: [u32; NR_PAGE_BINS] = [8, 4, 2, 1, 1];
 
-/// Whether `npages` pages at `start` are one block a bin takes: a power of
-/// two of at most `2^(NR_PAGE_BINS - 1)` pages at a start aligned to it.
-#[inline]
-pub(crate) fn is_one_cached_block(start: usize, npages: usize) -> bool {
-    npages.is_power_of_two() && npages <= 1 << (NR_PAGE_BINS - 1) && start & (npages - 1) == 0
-}
-
 const SLOTS: usize = 8;
 
 /// The migratetype the cache keeps.

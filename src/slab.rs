@@ -686,20 +686,28 @@ impl<'a> SlabAllocator<'a> {
         (pages, objs)
     }
 
-    /// Pages held by registered thread caches' page bins.
-    pub fn cached_pages(&self) -> usize {
+    /// Folds `f` over every registered thread cache, starting from `init()`,
+    /// all under the registry lock (so that a cache unregistering meanwhile,
+    /// handing its sums to the layer, is counted exactly once).
+    fn fold_caches<A>(&self, init: impl FnOnce() -> A, mut f: impl FnMut(A, &ThreadCache) -> A) -> A {
         self.registry_lock.lock();
-        let mut pages = 0;
+        let mut acc = init();
         // SAFETY: the registry is guarded by its lock; registered caches stay
         // alive until they unregister, which takes the same lock.
         let mut tc = unsafe { *self.registry.get() };
-        // SAFETY (loop condition): as above.
+        // SAFETY (loop condition): as above, `tc` is null or a registered,
+        // live cache.
         while let Some(cache) = unsafe { tc.as_ref() } {
-            pages += cache.cached_pages();
+            acc = f(acc, cache);
             tc = cache.reg_next;
         }
         self.registry_lock.unlock();
-        pages
+        acc
+    }
+
+    /// Pages held by registered thread caches' page bins.
+    pub fn cached_pages(&self) -> usize {
+        self.fold_caches(|| 0, |pages, cache| pages + cache.cached_pages())
     }
 
     /// Bytes of free objects held by registered thread caches, and bytes in
@@ -712,18 +720,7 @@ impl<'a> SlabAllocator<'a> {
                 inner.nr_transfer * sc.batch as usize * sc.size as usize + inner.nr_empty * slab_bytes
             });
         }
-        self.registry_lock.lock();
-        // SAFETY: the registry is guarded by its lock; registered caches stay
-        // alive until they unregister, which takes the same lock.
-        let mut tc = unsafe { *self.registry.get() };
-        // SAFETY (loop condition): as above, `tc` is null or a registered,
-        // live cache.
-        while let Some(cache) = unsafe { tc.as_ref() } {
-            bytes += cache.cached_bytes();
-            tc = cache.reg_next;
-        }
-        self.registry_lock.unlock();
-        bytes
+        self.fold_caches(|| bytes, |bytes, cache| bytes + cache.cached_bytes())
     }
 
     /// Adds a thread cache to the registry.
@@ -748,19 +745,15 @@ impl<'a> SlabAllocator<'a> {
     /// The large-block sums over every cache, live or gone: (requested
     /// bytes, pages). Takes the registry lock.
     pub(crate) fn large_totals(&self) -> (usize, usize) {
-        self.registry_lock.lock();
-        let (mut req, mut pages) = (self.large_requested.load(Relaxed), self.large_pages.load(Relaxed));
-        // SAFETY: the registry is guarded by its lock; registered caches stay
-        // alive until they unregister, which takes the same lock.
-        let mut tc = unsafe { *self.registry.get() };
-        // SAFETY (loop condition): as above.
-        while let Some(cache) = unsafe { tc.as_ref() } {
-            req = req.wrapping_add(cache.large_requested.load(Relaxed));
-            pages = pages.wrapping_add(cache.large_pages.load(Relaxed));
-            tc = cache.reg_next;
-        }
-        self.registry_lock.unlock();
-        (req, pages)
+        self.fold_caches(
+            || (self.large_requested.load(Relaxed), self.large_pages.load(Relaxed)),
+            |(req, pages), cache| {
+                (
+                    req.wrapping_add(cache.large_requested.load(Relaxed)),
+                    pages.wrapping_add(cache.large_pages.load(Relaxed)),
+                )
+            },
+        )
     }
 
     /// Removes a thread cache from the registry (thread exit), handing its
@@ -1155,8 +1148,7 @@ impl ThreadCache {
         if let Some(d) = self.pages.pop(order, gfp) {
             self.ticks_left -= 1;
             if self.ticks_left == 0 {
-                self.ticks_left = TICK_ALLOCS;
-                self.on_slow_path(slabs, NR_CLASSES + order as usize);
+                self.tick(slabs, NR_CLASSES + order as usize);
             }
             return Some(d);
         }
@@ -1216,9 +1208,16 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn on_tick(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) -> *mut u8 {
+        self.tick(slabs, c);
+        obj
+    }
+
+    /// The tick itself, for the object and the page-block fast paths (`c`
+    /// as for `on_slow_path`).
+    #[cold]
+    fn tick(&mut self, slabs: &SlabAllocator<'_>, c: usize) {
         self.ticks_left = TICK_ALLOCS;
         self.on_slow_path(slabs, c);
-        obj
     }
 
     #[cold]
