@@ -8,6 +8,7 @@ use core::ptr::{self, NonNull};
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use crate::huge;
 use crate::large::{self, large_order, pages_for};
 use crate::os::PurgeMode;
 use crate::page::{pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_SHIFT};
@@ -249,9 +250,9 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
             b
         }
         Kind::Huge => {
-            let b = large::alloc_huge(size, align);
+            let b = huge_len(size).and_then(|len| huge::alloc(len, align, zero));
             if b.is_some() {
-                HUGE_MAPPED.fetch_add(huge_len(size), Ordering::Relaxed);
+                HUGE_MAPPED.fetch_add(huge_len(size).unwrap_or(0), Ordering::Relaxed);
                 account_large(size, 0);
             }
             b
@@ -260,8 +261,9 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
     block.map_or(ptr::null_mut(), NonNull::as_ptr)
 }
 
-fn huge_len(size: usize) -> usize {
-    pages_for(size).unwrap_or(0) * crate::PAGE_SIZE
+/// A huge block's length: its pages (`None` if that overflows).
+fn huge_len(size: usize) -> Option<usize> {
+    pages_for(size)?.checked_mul(crate::PAGE_SIZE)
 }
 
 /// # Safety
@@ -287,10 +289,11 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
             unsafe { large::free_large(&PAGES, nn, npages) }
         }
         Kind::Huge => {
-            HUGE_MAPPED.fetch_sub(huge_len(size), Ordering::Relaxed);
+            let len = huge_len(size).unwrap_or(0);
+            HUGE_MAPPED.fetch_sub(len, Ordering::Relaxed);
             account_large(size.wrapping_neg(), 0);
-            // SAFETY: a huge mapping of this size.
-            unsafe { large::free_huge(nn, size) }
+            // SAFETY: a live huge block of this size.
+            unsafe { huge::free(nn, len) }
         }
     }
 }
@@ -346,9 +349,9 @@ unsafe impl GlobalAlloc for PcpAlloc {
             }
             (Kind::Huge, Kind::Huge) if align <= crate::PAGE_SIZE => {
                 // SAFETY: `ptr` is a live huge mapping of the old size.
-                return match unsafe { large::realloc_huge(nn, layout.size(), new_size) } {
+                return match unsafe { huge::realloc(nn, layout.size(), new_size) } {
                     Some(p) => {
-                        let grown = huge_len(new_size).wrapping_sub(huge_len(layout.size()));
+                        let grown = huge_len(new_size).unwrap_or(0).wrapping_sub(huge_len(layout.size()).unwrap_or(0));
                         HUGE_MAPPED.fetch_add(grown, Ordering::Relaxed);
                         account_large(new_size.wrapping_sub(layout.size()), 0);
                         p.as_ptr()
@@ -447,6 +450,7 @@ extern "C" fn print_stats_at_exit() {
 /// The purge tick's hook: the slab layer decays its idle caches.
 pub(crate) fn on_purge_tick() {
     SLABS.decay();
+    huge::on_purge_tick();
 }
 
 /// `PCPALLOC_DECAY_MS=<ms>|never` and `PCPALLOC_PURGE=dontneed|free`, read
@@ -489,9 +493,11 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
 /// the child.
 extern "C" fn fork_prepare() {
     SLABS.lock_all_for_fork();
+    huge::lock_for_fork();
 }
 
 extern "C" fn fork_parent() {
+    huge::unlock_for_fork();
     SLABS.unlock_all_for_fork();
 }
 
@@ -500,6 +506,7 @@ extern "C" fn fork_parent() {
 /// threads' caches are not there any more; their objects are leaked (as in
 /// every allocator with thread caches).
 extern "C" fn fork_child() {
+    huge::unlock_for_fork();
     SLABS.unlock_all_for_fork();
 }
 
@@ -535,6 +542,7 @@ pub fn trim() {
     flush_thread_cache();
     SLABS.shrink();
     PAGES.trim();
+    huge::trim();
 }
 
 /// Where the allocator's memory is, in bytes (see [`Stats`]). Takes each
@@ -559,14 +567,17 @@ pub fn stats() -> crate::stats::Stats {
     let active = pc.in_use() * ps + huge;
     let dirty = pc.free.saturating_sub(pc.purged) * ps;
     let metadata = pc.meta_resident * ps + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);
+    // Freed huge mappings kept for reuse, and the unused tails of huge
+    // blocks served from longer ones: resident until purged.
+    let (huge_cached, huge_slack) = huge::held_bytes();
     crate::stats::Stats {
         allocated,
         active,
-        resident: active + pc.pcp * ps + dirty + metadata,
-        cached: pc.pcp * ps + dirty + slab_cached + page_cached,
+        resident: active + pc.pcp * ps + dirty + metadata + huge_cached + huge_slack,
+        cached: pc.pcp * ps + dirty + slab_cached + page_cached + huge_cached + huge_slack,
         page_cache: page_cached,
         retained: pc.purged * ps,
-        mapped: pc.mapped_pages * ps + huge,
+        mapped: pc.mapped_pages * ps + huge + huge::mapped_bytes(),
         metadata,
         purge_calls: v.purge_calls,
         purged_bytes: v.purged_pages * ps as u64,

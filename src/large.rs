@@ -8,12 +8,12 @@
 //! buddy, which merges them again. The tiling is a function of the first
 //! page and the page count, so `dealloc` recomputes it from the `Layout`.
 //!
-//! *Huge* requests are mapped directly and unmapped on free (`vmalloc`'s
-//! role); `realloc` of them is `mremap`, which moves page tables, not bytes.
+//! *Huge* requests are mappings of their own (`vmalloc`'s role), kept for
+//! reuse for the decay time once freed: see `huge`.
 
 use core::ptr::NonNull;
 
-use crate::os::{self, PAGE_SIZE};
+use crate::os::PAGE_SIZE;
 use crate::page::*;
 use crate::page_alloc::{free_pages_prepare, Gfp, PageAllocator};
 use crate::trace::{self, Fn as Event};
@@ -170,37 +170,6 @@ pub(crate) unsafe fn resize_large(pages: &PageAllocator, ptr: NonNull<u8>, old: 
     clear_tiling(start, start + old);
     mark_tiling(start, start + new);
     true
-}
-
-/// Maps a huge block of `size` bytes aligned to `align`. Fresh mappings are
-/// zero, so `alloc_zeroed` costs nothing more.
-pub(crate) fn alloc_huge(size: usize, align: usize) -> Option<NonNull<u8>> {
-    let len = pages_for(size)? * PAGE_SIZE;
-    os::map_aligned(len, align.max(PAGE_SIZE))
-}
-
-/// Unmaps a huge block.
-///
-/// # Safety
-/// `ptr` must come from `alloc_huge(size, _)` (or `realloc_huge` to `size`)
-/// and not be used again.
-pub(crate) unsafe fn free_huge(ptr: NonNull<u8>, size: usize) {
-    let len = pages_for(size).unwrap_or(0) * PAGE_SIZE;
-    // SAFETY: forwarded from the caller.
-    unsafe { os::unmap(ptr, len) }
-}
-
-/// Grows or shrinks a huge block with `mremap`: no bytes are copied.
-///
-/// # Safety
-/// `ptr` must come from `alloc_huge(old, align)` with `align <= PAGE_SIZE`.
-pub(crate) unsafe fn realloc_huge(ptr: NonNull<u8>, old: usize, new: usize) -> Option<NonNull<u8>> {
-    let (old_len, new_len) = (pages_for(old)? * PAGE_SIZE, pages_for(new)? * PAGE_SIZE);
-    if old_len == new_len {
-        return Some(ptr);
-    }
-    // SAFETY: forwarded from the caller.
-    unsafe { os::remap(ptr, old_len, new_len) }
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@
 mod fmt;
 #[cfg(not(loom))]
 mod global;
+#[cfg(not(loom))]
+mod huge;
 mod large;
 mod os;
 mod page;
