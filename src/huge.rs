@@ -20,6 +20,10 @@
 //! space stays, its memory goes back. When the table is full the tail is
 //! unmapped instead and the block is exact.
 //!
+//! With the decay time set to never, what the cache and the slack hold goes
+//! back only on `trim()`; with it set to 0 a freed mapping is unmapped at
+//! once, as before the cache existed.
+//!
 //! A `realloc` that outgrows its mapping moves into a cached mapping big
 //! enough if there is one (copying resident memory is several times cheaper
 //! than faulting in fresh pages), else grows with `mremap`, which moves page
