@@ -569,7 +569,7 @@ pub fn stats() -> crate::stats::Stats {
     let metadata = pc.meta_resident * ps + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);
     // Freed huge mappings kept for reuse, and the unused tails of huge
     // blocks served from longer ones: resident until purged.
-    let (huge_cached, huge_slack) = huge::held_bytes();
+    let (huge_cached, huge_slack, huge_held) = huge::held_bytes();
     crate::stats::Stats {
         allocated,
         active,
@@ -577,7 +577,7 @@ pub fn stats() -> crate::stats::Stats {
         cached: pc.pcp * ps + dirty + slab_cached + page_cached + huge_cached + huge_slack,
         page_cache: page_cached,
         retained: pc.purged * ps,
-        mapped: pc.mapped_pages * ps + huge + huge::mapped_bytes(),
+        mapped: pc.mapped_pages * ps + huge + huge_held,
         metadata,
         purge_calls: v.purge_calls,
         purged_bytes: v.purged_pages * ps as u64,

@@ -369,20 +369,14 @@ pub(crate) fn trim() {
     doomed.unmap();
 }
 
-/// `(cached, slack)`: bytes of cached mappings, and of slack not purged.
-pub(crate) fn held_bytes() -> (usize, usize) {
+/// `(cached, slack, mapped)`: bytes of cached mappings, of slack not
+/// purged, and of address space both hold (all slack, purged or not).
+pub(crate) fn held_bytes() -> (usize, usize, usize) {
     with(|t| {
-        let cached = t.cached[..t.nr_cached].iter().map(|m| m.len).sum();
+        let cached: usize = t.cached[..t.nr_cached].iter().map(|m| m.len).sum();
         let slack = t.slack[..t.nr_slack].iter().filter(|s| !s.purged).map(|s| s.len - s.used).sum();
-        (cached, slack)
-    })
-}
-
-/// Bytes of address space the cache and the slack hold (mapped).
-pub(crate) fn mapped_bytes() -> usize {
-    with(|t| {
-        t.cached[..t.nr_cached].iter().map(|m| m.len).sum::<usize>()
-            + t.slack[..t.nr_slack].iter().map(|s| s.len - s.used).sum::<usize>()
+        let all_slack: usize = t.slack[..t.nr_slack].iter().map(|s| s.len - s.used).sum();
+        (cached, slack, cached + all_slack)
     })
 }
 

@@ -38,6 +38,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Writes one byte per page of `[p, p + len)`, derived from `seed`.
+///
+/// # Safety
+/// `p` must be a live block of at least `len` bytes.
 unsafe fn fill(p: *mut u8, len: usize, seed: u8) {
     for off in (0..len).step_by(4096) {
         // SAFETY: the caller's block has `len` bytes.
@@ -45,6 +48,10 @@ unsafe fn fill(p: *mut u8, len: usize, seed: u8) {
     }
 }
 
+/// Checks what `fill` wrote.
+///
+/// # Safety
+/// As for `fill`.
 unsafe fn check(p: *const u8, len: usize, seed: u8) {
     for off in (0..len).step_by(4096) {
         // SAFETY: as for `fill`.
