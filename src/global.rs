@@ -6,12 +6,14 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::huge;
 use crate::large::{self, large_order, pages_for};
 use crate::os::PurgeMode;
-use crate::page::{pfn_to_desc, PageDesc, MIGRATE_MOVABLE, PAGE_SHIFT};
+use crate::page::{
+    pfn_to_desc, section_of, PageDesc, MAX_PAGE_ORDER, MIGRATE_MOVABLE, PAGE_SHIFT, SECTION_SHIFT, SECTION_SIZE,
+};
 use crate::page_alloc::DEFAULT_DECAY_MS;
 use crate::page_alloc::{desc_ptr, Gfp};
 use crate::page_cache::NR_PAGE_BINS;
@@ -261,6 +263,49 @@ fn alloc_cold(size: usize, align: usize, zero: bool) -> *mut u8 {
     block.map_or(ptr::null_mut(), NonNull::as_ptr)
 }
 
+// ---- which addresses are the zone's ------------------------------------------
+
+/// Words of [`ZONE_RANGES`]: one bit per section-sized range of the 47-bit
+/// user address space.
+const ZONE_RANGE_WORDS: usize = (1 << (47 - SECTION_SHIFT)) / 64;
+
+/// Bit `i` is set once a section of the process-wide allocator starts at
+/// `i << SECTION_SHIFT`. 16 KiB of zeroes, of which only the words for
+/// ranges in use are ever written. The process-wide allocator never unmaps
+/// a section, so a set bit never goes stale and the section's header, which
+/// gives its length, can always be read.
+///
+/// It lets a block of a huge size live in the zone: a large block that
+/// `realloc` grew in place past `LARGE_MAX_ORDER` (a doubling vector would
+/// otherwise copy itself out of the zone at 512 KiB). Its layout says
+/// huge; its address says zone.
+static ZONE_RANGES: [AtomicU64; ZONE_RANGE_WORDS] = [const { AtomicU64::new(0) }; ZONE_RANGE_WORDS];
+
+/// The page allocator's hook for a new section, before its pages are handed
+/// out. A section above the 47-bit space is not recorded; its blocks then
+/// never grow past `LARGE_MAX_ORDER` (see `in_zone`).
+pub(crate) fn on_new_section(base: usize, _len: usize) {
+    let i = base >> SECTION_SHIFT;
+    if let Some(w) = ZONE_RANGES.get(i / 64) {
+        w.fetch_or(1 << (i % 64), Ordering::Release);
+    }
+}
+
+/// Whether `addr` lies in one of the process-wide allocator's sections
+/// (and not in a huge mapping).
+fn in_zone(addr: usize) -> bool {
+    let i = addr >> SECTION_SHIFT;
+    let Some(w) = ZONE_RANGES.get(i / 64) else { return false };
+    if w.load(Ordering::Acquire) & (1 << (i % 64)) == 0 {
+        return false;
+    }
+    // SAFETY: a section of the process-wide allocator starts at this
+    // range's base (the bit says so) and is never unmapped. A short section
+    // leaves the rest of its range to other mappings, so the length counts.
+    let sec = unsafe { section_of(addr) };
+    addr < (addr & !(SECTION_SIZE - 1)) + sec.nr_pages * crate::PAGE_SIZE
+}
+
 /// A huge block's length: its pages (`None` if that overflows).
 fn huge_len(size: usize) -> Option<usize> {
     pages_for(size)?.checked_mul(crate::PAGE_SIZE)
@@ -286,6 +331,13 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
                 return cached_free_block(d, npages.trailing_zeros());
             }
             // SAFETY: a large block of `npages` pages (the caller's layout).
+            unsafe { large::free_large(&PAGES, nn, npages) }
+        }
+        Kind::Huge if in_zone(ptr as usize) => {
+            // A large block grown past `LARGE_MAX_ORDER` by `realloc`.
+            let npages = pages_for(size).unwrap_or(0);
+            account_large(size.wrapping_neg(), npages.wrapping_neg());
+            // SAFETY: a zone block of `npages` pages (the caller's layout).
             unsafe { large::free_large(&PAGES, nn, npages) }
         }
         Kind::Huge => {
@@ -338,16 +390,33 @@ unsafe impl GlobalAlloc for PcpAlloc {
         };
         // SAFETY: a live pointer from `alloc` is non-null.
         let nn = unsafe { NonNull::new_unchecked(ptr) };
-        match (kind(layout.size(), align), kind(new_size, align)) {
-            (Kind::Small(a), Kind::Small(b)) if a == b => return ptr,
-            (Kind::Large { npages: old, .. }, Kind::Large { npages: new, .. })
-                // SAFETY: `ptr` is a live large block of `old` pages.
-                if unsafe { large::resize_large(&PAGES, nn, old, new) } =>
-            {
-                account_large(new_size.wrapping_sub(layout.size()), new.wrapping_sub(old));
-                return ptr;
+        let (old_kind, new_kind) = (kind(layout.size(), align), kind(new_size, align));
+        // A zone block, sized as huge or not: pages it has and will have.
+        let zone_pages = match old_kind {
+            Kind::Large { npages, .. } => Some(npages),
+            Kind::Huge if in_zone(ptr as usize) => pages_for(layout.size()),
+            _ => None,
+        };
+        if let Some(old) = zone_pages {
+            let new = match new_kind {
+                Kind::Large { npages, .. } => Some(npages),
+                // Past `LARGE_MAX_ORDER` only in place, up to a max-order
+                // block, and in a section `in_zone` knows (so that `dealloc`
+                // tells it from a mapping).
+                Kind::Huge if in_zone(ptr as usize) => pages_for(new_size).filter(|&n| n <= 1 << MAX_PAGE_ORDER),
+                _ => None,
+            };
+            if let Some(new) = new {
+                // SAFETY: `ptr` is a live zone block of `old` pages.
+                if unsafe { large::resize_large(&PAGES, nn, old, new) } {
+                    account_large(new_size.wrapping_sub(layout.size()), new.wrapping_sub(old));
+                    return ptr;
+                }
             }
-            (Kind::Huge, Kind::Huge) if align <= crate::PAGE_SIZE => {
+        }
+        match (old_kind, new_kind) {
+            (Kind::Small(a), Kind::Small(b)) if a == b => return ptr,
+            (Kind::Huge, Kind::Huge) if align <= crate::PAGE_SIZE && zone_pages.is_none() => {
                 // SAFETY: `ptr` is a live huge mapping of the old size.
                 return match unsafe { huge::realloc(nn, layout.size(), new_size) } {
                     Some(p) => {

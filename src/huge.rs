@@ -1,4 +1,4 @@
-//! Huge blocks (above a max-order block, 4 MiB): mappings of their own,
+//! Huge blocks (above `LARGE_MAX_ORDER`, 512 KiB): mappings of their own,
 //! kept for reuse.
 //!
 //! Unmapping a huge block on free and mapping a fresh one for the next
@@ -6,28 +6,39 @@
 //! (16 384 of them for 64 MiB, about 25 ms on this machine), while the
 //! memory just freed was resident. So a freed mapping stays mapped, and
 //! resident, for the decay time, like the zone's dirty blocks: in a cache
-//! of a few mappings, the oldest unmapped first when it is full and every
+//! of eight ranges, the oldest unmapped first when it is full and every
 //! one once it has been free for the decay time. A request takes the
-//! smallest cached mapping that holds it and is aligned for it.
+//! smallest cached range that holds it and is aligned for it.
 //!
-//! A block served from a longer mapping has *slack*, the mapping's tail
-//! past the block's pages: recorded in a small table (address, mapping
-//! length, bytes in use), so that `dealloc`, which only knows the layout,
-//! frees the whole mapping, and so that `realloc` grows in place while the
-//! mapping holds the new size (a vector doubling to 64 MiB from a cached
-//! 64 MiB mapping faults nothing and copies once). Slack that stays unused
-//! for the decay time is purged (`MADV_DONTNEED`/`MADV_FREE`): its address
-//! space stays, its memory goes back. When the table is full the tail is
-//! unmapped instead and the block is exact.
+//! The cache holds address ranges, not whole system mappings: a range may be
+//! cut (a block takes its head, the rest stays cached, no system call) and
+//! ranges that touch are joined when freed, so that blocks freed piecemeal
+//! serve a bigger request again. A block served from a range at most twice
+//! its size keeps the rest as *slack*, the range's tail past the block's
+//! pages: recorded in a small table (address, range length, bytes in use),
+//! so that `dealloc`, which only knows the layout, frees the whole range,
+//! and so that `realloc` grows in place while the range holds the new size.
+//! Slack that stays unused for the decay time is purged
+//! (`MADV_DONTNEED`/`MADV_FREE`): its address space stays, its memory goes
+//! back. A longer range is cut instead (slack as big as the block would be
+//! resident memory no other request can use, a 64 MiB mapping held for a
+//! 1 MiB block), and so is any range when the table is full; a block then
+//! grows in place by taking the cached range that starts where it ends (a
+//! vector doubling from 1 MiB in a cached 64 MiB range faults nothing and
+//! never copies).
 //!
 //! With the decay time set to never, what the cache and the slack hold goes
 //! back only on `trim()`; with it set to 0 a freed mapping is unmapped at
 //! once, as before the cache existed.
 //!
-//! A `realloc` that outgrows its mapping moves into a cached mapping big
-//! enough if there is one (copying resident memory is several times cheaper
-//! than faulting in fresh pages), else grows with `mremap`, which moves page
-//! tables, not bytes. Every operation takes one lock, never while holding
+//! A `realloc` that outgrows its range and finds no cached range after it
+//! moves into a cached range big enough if there is one (copying resident
+//! memory is several times cheaper than faulting in fresh pages), else grows
+//! with `mremap`, which moves page tables, not bytes (and if that fails, as
+//! older kernels' does for a range that spans two system mappings, into a
+//! fresh mapping). A block shrinking to less than half its range gives the tail
+//! to the cache. Every
+//! operation takes one lock, never while holding
 //! another of the allocator's; system calls on memory nobody else can reach
 //! (a mapping taken out of the cache) are made after releasing it.
 
@@ -63,11 +74,14 @@ struct Slack {
     purged: bool,
 }
 
-/// Invariants: `cached[..nr_cached]` are whole mappings of ours that no
-/// block uses, each `len` a multiple of the page size; `slack[..nr_slack]`
-/// are live huge blocks at `addr` whose mapping is `len` bytes, of which
-/// they use the first `used` (`used < len`, both page multiples); no
-/// address appears twice in either table.
+/// Invariants: `cached[..nr_cached]` are page-aligned ranges of our
+/// mappings that no block uses, each `len` a nonzero multiple of the page
+/// size, none overlapping another or touching another's end (touching
+/// ranges are joined); `slack[..nr_slack]` are live huge blocks at `addr`
+/// whose range is `len` bytes, of which they use the first `used`
+/// (`used < len`, both page multiples); no address appears twice in either
+/// table. Every huge block's range (its pages, or its slack record's `len`)
+/// overlaps no cached range.
 struct Tables {
     cached: [Cached; CACHE_SLOTS],
     nr_cached: usize,
@@ -107,13 +121,13 @@ fn with<R>(f: impl FnOnce(&mut Tables) -> R) -> R {
 
 /// Mappings taken out of the cache to be unmapped once the lock is released.
 struct Doomed {
-    list: [(usize, usize); CACHE_SLOTS + 1],
+    list: [(usize, usize); CACHE_SLOTS + 2],
     n: usize,
 }
 
 impl Doomed {
     const fn new() -> Self {
-        Self { list: [(0, 0); CACHE_SLOTS + 1], n: 0 }
+        Self { list: [(0, 0); CACHE_SLOTS + 2], n: 0 }
     }
     fn push(&mut self, m: Cached) {
         if self.n < self.list.len() {
@@ -123,8 +137,9 @@ impl Doomed {
     }
     fn unmap(self) {
         for &(addr, len) in &self.list[..self.n] {
-            // SAFETY: a whole mapping of ours, out of the cache: nobody
-            // reaches it any more.
+            // SAFETY: a range of our mappings, out of the cache: nobody
+            // reaches it any more (`munmap` takes any page range, across
+            // system mappings too).
             unsafe { os::unmap(NonNull::new_unchecked(addr as *mut u8), len) };
         }
     }
@@ -143,9 +158,69 @@ impl Tables {
         Some(m)
     }
 
-    /// Puts a freed mapping in the cache; when it is full, the oldest
-    /// mapping goes to `doomed`.
-    fn put_cached(&mut self, m: Cached, doomed: &mut Doomed) {
+    /// A block of `len` bytes aligned to `align` from the smallest cached
+    /// range that holds it: `(address, range length)`. The rest of the range
+    /// is the block's slack if it is no bigger than the block and the table
+    /// has room, else it stays cached.
+    fn take_fit(&mut self, len: usize, align: usize, now: u64, doomed: &mut Doomed) -> Option<(usize, usize)> {
+        let m = self.take_cached(len, align)?;
+        if m.len == len {
+            return Some((m.addr, len));
+        }
+        if m.len - len <= len && self.set_slack(m.addr, m.len, len, now) {
+            return Some((m.addr, m.len));
+        }
+        // One slot was just freed, so this evicts nothing.
+        self.put_cached(Cached { addr: m.addr + len, len: m.len - len, since: m.since }, doomed);
+        Some((m.addr, len))
+    }
+
+    /// Takes `need` bytes from the cached range that starts at `end`, if
+    /// there is one that long; the rest stays cached.
+    fn take_adjacent(&mut self, end: usize, need: usize, doomed: &mut Doomed) -> bool {
+        let Some(i) = (0..self.nr_cached).find(|&i| self.cached[i].addr == end && self.cached[i].len >= need) else {
+            return false;
+        };
+        let m = self.cached[i];
+        self.nr_cached -= 1;
+        self.cached[i] = self.cached[self.nr_cached];
+        if m.len > need {
+            self.put_cached(Cached { addr: end + need, len: m.len - need, since: m.since }, doomed);
+        }
+        true
+    }
+
+    /// Gives a freed range to the cache, or to `doomed` when the decay time
+    /// is 0.
+    fn release(&mut self, m: Cached, doomed: &mut Doomed) {
+        if PAGES.decay_ms() == 0 {
+            doomed.push(m);
+        } else {
+            self.put_cached(m, doomed);
+        }
+    }
+
+    /// Puts a freed range in the cache, joined with the cached ranges it
+    /// touches (free since the older of their times, so that joining never
+    /// makes old memory look young); when the cache is full, the oldest
+    /// range goes to `doomed`.
+    ///
+    /// The slot count bounds how many pieces the cache keeps, not its bytes:
+    /// like the zone's dirty blocks, what it holds is bounded by the decay
+    /// time. A joined range may span two system mappings, which older
+    /// kernels' `mremap` refuses to move; `realloc` then copies.
+    fn put_cached(&mut self, mut m: Cached, doomed: &mut Doomed) {
+        let mut i = 0;
+        while i < self.nr_cached {
+            let c = self.cached[i];
+            if c.addr + c.len == m.addr || m.addr + m.len == c.addr {
+                m = Cached { addr: c.addr.min(m.addr), len: c.len + m.len, since: c.since.min(m.since) };
+                self.nr_cached -= 1;
+                self.cached[i] = self.cached[self.nr_cached];
+            } else {
+                i += 1;
+            }
+        }
         if self.nr_cached == CACHE_SLOTS {
             let oldest = (0..CACHE_SLOTS).min_by_key(|&i| self.cached[i].since).unwrap_or(0);
             doomed.push(self.cached[oldest]);
@@ -230,22 +305,15 @@ pub(crate) fn alloc(len: usize, align: usize, zero: bool) -> Option<NonNull<u8>>
         let mut doomed = Doomed::new();
         let got = with(|t| {
             maybe_decay(t, now, &mut doomed);
-            let m = t.take_cached(len, align)?;
-            // Slack recorded, or the tail to unmap.
-            let exact = m.len == len || t.set_slack(m.addr, m.len, len, now);
-            Some((m, exact))
+            t.take_fit(len, align, now, &mut doomed)
         });
         doomed.unmap();
-        if let Some((m, recorded)) = got {
-            if !recorded {
-                // SAFETY: the tail of a mapping we just took out of the cache.
-                unsafe { os::unmap(NonNull::new_unchecked((m.addr + len) as *mut u8), m.len - len) };
-            }
+        if let Some((addr, _)) = got {
             if zero {
-                // SAFETY: the first `len` bytes of the mapping are the block's.
-                unsafe { ptr::write_bytes(m.addr as *mut u8, 0, len) };
+                // SAFETY: the first `len` bytes of the range are the block's.
+                unsafe { ptr::write_bytes(addr as *mut u8, 0, len) };
             }
-            return NonNull::new(m.addr as *mut u8);
+            return NonNull::new(addr as *mut u8);
         }
     }
     os::map_aligned(len, align)
@@ -263,20 +331,18 @@ pub(crate) unsafe fn free(ptr: NonNull<u8>, len: usize) {
     let mut doomed = Doomed::new();
     with(|t| {
         let len = t.remove_slack(addr).unwrap_or(len);
-        let m = Cached { addr, len, since: now };
-        if PAGES.decay_ms() == 0 {
-            doomed.push(m);
-        } else {
-            t.put_cached(m, &mut doomed);
-        }
+        t.release(Cached { addr, len, since: now }, &mut doomed);
         maybe_decay(t, now, &mut doomed);
     });
     doomed.unmap();
 }
 
 /// Resizes a huge block (page alignment) from `old_size` to `new_size`
-/// bytes: in place while its mapping holds the new size, else into a cached
-/// mapping that does (copying `old_size` bytes), else with `mremap`.
+/// bytes: in place while its range holds the new size or the cached range
+/// after it makes up the difference, else into a cached range that holds it
+/// (copying `old_size` bytes), else with `mremap`, else into a fresh
+/// mapping. `None` only when no memory can be had; the block is then as it
+/// was.
 ///
 /// # Safety
 /// `ptr` must be a live huge block from [`alloc`] with page alignment, of
@@ -288,9 +354,9 @@ pub(crate) unsafe fn realloc(ptr: NonNull<u8>, old_size: usize, new_size: usize)
     let mut doomed = Doomed::new();
     enum Plan {
         InPlace,
-        /// Into a cached mapping (taken out, with whether its length is
-        /// recorded) from the old one of the given length.
-        Move(Cached, bool, usize),
+        /// Into the cached range at this address, from the old range of the
+        /// given length.
+        Move(usize, usize),
         Remap(usize),
     }
     let plan = with(|t| {
@@ -300,49 +366,57 @@ pub(crate) unsafe fn realloc(ptr: NonNull<u8>, old_size: usize, new_size: usize)
             return Plan::InPlace;
         }
         if new_len < map_len {
-            if map_len != old_len && t.set_slack(addr, map_len, new_len, now) {
+            // The rest of the range stays the block's, as when it was served
+            // (`take_fit`), only while it is no bigger than the block.
+            if map_len - new_len <= new_len && t.set_slack(addr, map_len, new_len, now) {
                 return Plan::InPlace;
             }
-            // An exact block shrinks for real; so does one whose record
-            // cannot be kept.
             t.remove_slack(addr);
-            return Plan::Remap(map_len);
+            t.release(Cached { addr: addr + new_len, len: map_len - new_len, since: now }, &mut doomed);
+            return Plan::InPlace;
         }
-        if let Some(m) = t.take_cached(new_len, PAGE_SIZE) {
-            let exact = m.len == new_len || t.set_slack(m.addr, m.len, new_len, now);
+        if t.take_adjacent(addr + map_len, new_len - map_len, &mut doomed) {
             t.remove_slack(addr);
-            return Plan::Move(m, exact, map_len);
+            return Plan::InPlace;
+        }
+        if let Some((to, _)) = t.take_fit(new_len, PAGE_SIZE, now, &mut doomed) {
+            t.remove_slack(addr);
+            return Plan::Move(to, map_len);
         }
         t.remove_slack(addr);
         Plan::Remap(map_len)
     });
+    let copy_out = |to: usize, old_map_len: usize, doomed: &mut Doomed| {
+        // SAFETY: the old block is still ours (it goes to the cache only
+        // after the copy) and the new range is ours alone: distinct, and each
+        // at least `min(old_size, new_size)` bytes.
+        unsafe { ptr::copy_nonoverlapping(ptr.as_ptr(), to as *mut u8, old_size.min(new_size)) };
+        with(|t| t.release(Cached { addr, len: old_map_len, since: now }, doomed));
+        NonNull::new(to as *mut u8)
+    };
     let result = match plan {
         Plan::InPlace => Some(ptr),
-        Plan::Move(m, recorded, old_map_len) => {
-            if !recorded {
-                // SAFETY: the tail of a mapping we took out of the cache.
-                unsafe { os::unmap(NonNull::new_unchecked((m.addr + new_len) as *mut u8), m.len - new_len) };
-            }
-            // SAFETY: the old block is still ours (it goes to the cache only
-            // after the copy) and the new mapping was taken out of the cache
-            // for us: distinct, and each at least `old_size` bytes.
-            unsafe { ptr::copy_nonoverlapping(ptr.as_ptr(), m.addr as *mut u8, old_size.min(new_size)) };
-            with(|t| t.put_cached(Cached { addr, len: old_map_len, since: now }, &mut doomed));
-            NonNull::new(m.addr as *mut u8)
-        }
-        Plan::Remap(map_len) => {
-            // SAFETY: `ptr` is a whole mapping of `map_len` bytes of ours.
-            let r = unsafe { os::remap(ptr, map_len, new_len) };
-            if r.is_none() && map_len != old_len {
-                // The block stays as it was: keep its mapping's length known
-                // (if the table filled meanwhile, the tail is unmapped).
-                if !with(|t| t.set_slack(addr, map_len, old_len, now)) {
-                    // SAFETY: the unused tail of the block's own mapping.
-                    unsafe { os::unmap(NonNull::new_unchecked((addr + old_len) as *mut u8), map_len - old_len) };
+        Plan::Move(to, old_map_len) => copy_out(to, old_map_len, &mut doomed),
+        // SAFETY: `ptr..ptr + map_len` is the block's own range.
+        Plan::Remap(map_len) => match unsafe { os::remap(ptr, map_len, new_len) } {
+            Some(p) => Some(p),
+            None => match os::map_aligned(new_len, PAGE_SIZE) {
+                Some(p) => copy_out(p.as_ptr() as usize, map_len, &mut doomed),
+                None => {
+                    // The block stays as it was: keep its range's length known,
+                    // or give the tail to the cache.
+                    if map_len != old_len {
+                        with(|t| {
+                            if !t.set_slack(addr, map_len, old_len, now) {
+                                let tail = Cached { addr: addr + old_len, len: map_len - old_len, since: now };
+                                t.release(tail, &mut doomed);
+                            }
+                        });
+                    }
+                    None
                 }
-            }
-            r
-        }
+            },
+        },
     };
     doomed.unmap();
     result

@@ -65,6 +65,7 @@ pub const PAGE_SIZE: usize = os::PAGE_SIZE;
 pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
     on_first_grow: Some(global::on_first_grow),
     on_purge_tick: Some(global::on_purge_tick),
+    on_new_section: Some(global::on_new_section),
     ..Config::DEFAULT
 });
 

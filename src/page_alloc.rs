@@ -137,6 +137,10 @@ pub struct Config {
     /// Called on every purge tick, outside every lock (the process-wide
     /// instance decays the slab layer's caches there).
     pub on_purge_tick: Option<fn()>,
+    /// Called with each new section's address and length in bytes, after
+    /// it is mapped and before any of its pages is handed out (the
+    /// process-wide instance records which addresses are its own there).
+    pub on_new_section: Option<fn(usize, usize)>,
 }
 
 /// Default purge delay: a block free for a second goes back to the OS.
@@ -172,6 +176,7 @@ impl Config {
         purge_mode: PurgeMode::DontNeed,
         clock: None,
         on_purge_tick: None,
+        on_new_section: None,
     };
 
     /// A small instance: sections of `usable_pages` usable pages (after the
@@ -480,6 +485,9 @@ impl PageAllocator {
         }
         // mmap outside the zone lock: it can take long.
         let Some(sec) = map_section(index, self.config.section_pages) else { return false };
+        if let Some(f) = self.config.on_new_section {
+            f(sec as *const Section as usize, sec.nr_pages * os::PAGE_SIZE);
+        }
         {
             let mut zone = self.zone.lock();
             zone.add_section(sec);
