@@ -385,6 +385,25 @@ unsafe impl GlobalAlloc for PcpAlloc {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
+        let old_size = layout.size();
+        if align <= 8 && old_size <= MAX_SMALL && new_size <= MAX_SMALL {
+            // Small to small, the common case (a growing `String`): no
+            // `kind` lookups, and the copy between two thread-cache pops.
+            let (a, b) = (size_to_class(old_size), size_to_class(new_size));
+            if a == b {
+                return ptr;
+            }
+            // SAFETY: both sizes are at most MAX_SMALL, so their classes are
+            // below NR_CLASSES; `ptr` is a live object of class `a`.
+            unsafe {
+                let new = small_alloc(b);
+                if !new.is_null() {
+                    ptr::copy_nonoverlapping(ptr, new, old_size.min(new_size));
+                    small_free(a, ptr);
+                }
+                return new;
+            }
+        }
         let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
             return ptr::null_mut();
         };

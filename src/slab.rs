@@ -374,6 +374,23 @@ unsafe fn next_of(obj: *mut u8) -> *mut u8 {
     unsafe { obj.cast::<*mut u8>().read() }
 }
 
+/// Starts loading the cache line of the next object to pop, whose link the
+/// next allocation of its class reads (tcmalloc's `FreeList::Pop` does the
+/// same). Objects freed by other threads, or long ago, are cold in this
+/// CPU's cache: without it the program's next allocation stalls on that
+/// load. A prefetch of null or of any address never faults.
+#[inline(always)]
+fn prefetch(p: *mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only hints the cache; it reads nothing the
+    // program can see and never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Stores the free-list link in a free object.
 ///
 /// # Safety
@@ -1127,7 +1144,9 @@ impl ThreadCache {
         let obj = bin.head;
         if !obj.is_null() {
             // SAFETY: `obj` heads this bin's list of free objects.
-            bin.head = unsafe { next_of(obj) };
+            let next = unsafe { next_of(obj) };
+            bin.head = next;
+            prefetch(next);
             bin.set_count(bin.count() - 1);
             self.ticks_left -= 1;
             if self.ticks_left == 0 {
