@@ -284,7 +284,7 @@ static ZONE_RANGES: [AtomicU64; ZONE_RANGE_WORDS] = [const { AtomicU64::new(0) }
 /// The page allocator's hook for a new section, before its pages are handed
 /// out. A section above the 47-bit space is not recorded; its blocks then
 /// never grow past `LARGE_MAX_ORDER` (see `in_zone`).
-pub(crate) fn on_new_section(base: usize, _len: usize) {
+pub(crate) fn on_new_section(base: usize) {
     let i = base >> SECTION_SHIFT;
     if let Some(w) = ZONE_RANGES.get(i / 64) {
         w.fetch_or(1 << (i % 64), Ordering::Release);
@@ -321,7 +321,17 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
     match kind(size, align) {
         // SAFETY: forwarded from the caller.
         Kind::Small(c) => unsafe { small_free(c, ptr) },
-        Kind::Large { npages, .. } => {
+        Kind::Huge if !in_zone(ptr as usize) => {
+            let len = huge_len(size).unwrap_or(0);
+            HUGE_MAPPED.fetch_sub(len, Ordering::Relaxed);
+            account_large(size.wrapping_neg(), 0);
+            // SAFETY: a live huge block of this size.
+            unsafe { huge::free(nn, len) }
+        }
+        // A large block, or one `realloc` grew past `LARGE_MAX_ORDER` in the
+        // zone (its layout says huge, its address says zone).
+        Kind::Large { .. } | Kind::Huge => {
+            let npages = pages_for(size).unwrap_or(0);
             account_large(size.wrapping_neg(), npages.wrapping_neg());
             let start = ptr as usize >> PAGE_SHIFT;
             if large::is_one_block(start, npages, NR_PAGE_BINS as u32 - 1) {
@@ -330,22 +340,8 @@ unsafe fn dealloc_cold(ptr: *mut u8, size: usize, align: usize) {
                 let d = unsafe { pfn_to_desc(start) };
                 return cached_free_block(d, npages.trailing_zeros());
             }
-            // SAFETY: a large block of `npages` pages (the caller's layout).
-            unsafe { large::free_large(&PAGES, nn, npages) }
-        }
-        Kind::Huge if in_zone(ptr as usize) => {
-            // A large block grown past `LARGE_MAX_ORDER` by `realloc`.
-            let npages = pages_for(size).unwrap_or(0);
-            account_large(size.wrapping_neg(), npages.wrapping_neg());
             // SAFETY: a zone block of `npages` pages (the caller's layout).
             unsafe { large::free_large(&PAGES, nn, npages) }
-        }
-        Kind::Huge => {
-            let len = huge_len(size).unwrap_or(0);
-            HUGE_MAPPED.fetch_sub(len, Ordering::Relaxed);
-            account_large(size.wrapping_neg(), 0);
-            // SAFETY: a live huge block of this size.
-            unsafe { huge::free(nn, len) }
         }
     }
 }
@@ -409,11 +405,12 @@ unsafe impl GlobalAlloc for PcpAlloc {
         };
         // SAFETY: a live pointer from `alloc` is non-null.
         let nn = unsafe { NonNull::new_unchecked(ptr) };
-        let (old_kind, new_kind) = (kind(layout.size(), align), kind(new_size, align));
+        let (old_kind, new_kind) = (kind(old_size, align), kind(new_size, align));
+        let zoned = matches!(old_kind, Kind::Large { .. } | Kind::Huge) && in_zone(ptr as usize);
         // A zone block, sized as huge or not: pages it has and will have.
         let zone_pages = match old_kind {
             Kind::Large { npages, .. } => Some(npages),
-            Kind::Huge if in_zone(ptr as usize) => pages_for(layout.size()),
+            Kind::Huge if zoned => pages_for(old_size),
             _ => None,
         };
         if let Some(old) = zone_pages {
@@ -422,13 +419,13 @@ unsafe impl GlobalAlloc for PcpAlloc {
                 // Past `LARGE_MAX_ORDER` only in place, up to a max-order
                 // block, and in a section `in_zone` knows (so that `dealloc`
                 // tells it from a mapping).
-                Kind::Huge if in_zone(ptr as usize) => pages_for(new_size).filter(|&n| n <= 1 << MAX_PAGE_ORDER),
+                Kind::Huge if zoned => pages_for(new_size).filter(|&n| n <= 1 << MAX_PAGE_ORDER),
                 _ => None,
             };
             if let Some(new) = new {
                 // SAFETY: `ptr` is a live zone block of `old` pages.
                 if unsafe { large::resize_large(&PAGES, nn, old, new) } {
-                    account_large(new_size.wrapping_sub(layout.size()), new.wrapping_sub(old));
+                    account_large(new_size.wrapping_sub(old_size), new.wrapping_sub(old));
                     return ptr;
                 }
             }

@@ -36,9 +36,8 @@
 //! memory is several times cheaper than faulting in fresh pages), else grows
 //! with `mremap`, which moves page tables, not bytes (and if that fails, as
 //! older kernels' does for a range that spans two system mappings, into a
-//! fresh mapping). A block shrinking to less than half its range gives the tail
-//! to the cache. Every
-//! operation takes one lock, never while holding
+//! fresh mapping). A block shrinking to less than half its range gives the
+//! tail to the cache. Every operation takes one lock, never while holding
 //! another of the allocator's; system calls on memory nobody else can reach
 //! (a mapping taken out of the cache) are made after releasing it.
 
@@ -120,14 +119,17 @@ fn with<R>(f: impl FnOnce(&mut Tables) -> R) -> R {
 }
 
 /// Mappings taken out of the cache to be unmapped once the lock is released.
+/// One operation dooms at most one range evicted by `put_cached` plus every
+/// range a decay scan expires (cuts and `take_adjacent` put back only after
+/// freeing a slot, so they evict nothing).
 struct Doomed {
-    list: [(usize, usize); CACHE_SLOTS + 2],
+    list: [(usize, usize); CACHE_SLOTS + 1],
     n: usize,
 }
 
 impl Doomed {
     const fn new() -> Self {
-        Self { list: [(0, 0); CACHE_SLOTS + 2], n: 0 }
+        Self { list: [(0, 0); CACHE_SLOTS + 1], n: 0 }
     }
     fn push(&mut self, m: Cached) {
         if self.n < self.list.len() {
@@ -159,20 +161,17 @@ impl Tables {
     }
 
     /// A block of `len` bytes aligned to `align` from the smallest cached
-    /// range that holds it: `(address, range length)`. The rest of the range
-    /// is the block's slack if it is no bigger than the block and the table
-    /// has room, else it stays cached.
-    fn take_fit(&mut self, len: usize, align: usize, now: u64, doomed: &mut Doomed) -> Option<(usize, usize)> {
+    /// range that holds it, its address. The rest of the range is the
+    /// block's slack if it is no bigger than the block and the table has
+    /// room, else it stays cached.
+    fn take_fit(&mut self, len: usize, align: usize, now: u64, doomed: &mut Doomed) -> Option<usize> {
         let m = self.take_cached(len, align)?;
-        if m.len == len {
-            return Some((m.addr, len));
+        let kept_as_slack = m.len - len <= len && (m.len == len || self.set_slack(m.addr, m.len, len, now));
+        if !kept_as_slack {
+            // One slot was just freed, so this evicts nothing.
+            self.put_cached(Cached { addr: m.addr + len, len: m.len - len, since: m.since }, doomed);
         }
-        if m.len - len <= len && self.set_slack(m.addr, m.len, len, now) {
-            return Some((m.addr, m.len));
-        }
-        // One slot was just freed, so this evicts nothing.
-        self.put_cached(Cached { addr: m.addr + len, len: m.len - len, since: m.since }, doomed);
-        Some((m.addr, len))
+        Some(m.addr)
     }
 
     /// Takes `need` bytes from the cached range that starts at `end`, if
@@ -308,7 +307,7 @@ pub(crate) fn alloc(len: usize, align: usize, zero: bool) -> Option<NonNull<u8>>
             t.take_fit(len, align, now, &mut doomed)
         });
         doomed.unmap();
-        if let Some((addr, _)) = got {
+        if let Some(addr) = got {
             if zero {
                 // SAFETY: the first `len` bytes of the range are the block's.
                 unsafe { ptr::write_bytes(addr as *mut u8, 0, len) };
@@ -379,7 +378,7 @@ pub(crate) unsafe fn realloc(ptr: NonNull<u8>, old_size: usize, new_size: usize)
             t.remove_slack(addr);
             return Plan::InPlace;
         }
-        if let Some((to, _)) = t.take_fit(new_len, PAGE_SIZE, now, &mut doomed) {
+        if let Some(to) = t.take_fit(new_len, PAGE_SIZE, now, &mut doomed) {
             t.remove_slack(addr);
             return Plan::Move(to, map_len);
         }

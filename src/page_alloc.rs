@@ -137,10 +137,11 @@ pub struct Config {
     /// Called on every purge tick, outside every lock (the process-wide
     /// instance decays the slab layer's caches there).
     pub on_purge_tick: Option<fn()>,
-    /// Called with each new section's address and length in bytes, after
-    /// it is mapped and before any of its pages is handed out (the
-    /// process-wide instance records which addresses are its own there).
-    pub on_new_section: Option<fn(usize, usize)>,
+    /// Called with each new section's address (its header gives its
+    /// length), after it is mapped and before any of its pages is handed
+    /// out (the process-wide instance records which addresses are its own
+    /// there).
+    pub on_new_section: Option<fn(usize)>,
 }
 
 /// Default purge delay: a block free for a second goes back to the OS.
@@ -486,7 +487,7 @@ impl PageAllocator {
         // mmap outside the zone lock: it can take long.
         let Some(sec) = map_section(index, self.config.section_pages) else { return false };
         if let Some(f) = self.config.on_new_section {
-            f(sec as *const Section as usize, sec.nr_pages * os::PAGE_SIZE);
+            f(sec as *const Section as usize);
         }
         {
             let mut zone = self.zone.lock();
