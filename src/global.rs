@@ -638,7 +638,9 @@ pub fn stats() -> crate::stats::Stats {
     let pc = PAGES.page_counts();
     let v = PAGES.vmstat();
     let (slab_pages, slab_objs) = SLABS.slab_bytes();
-    let slab_cached = SLABS.cached_bytes();
+    // Free objects count as in use to their slabs; empty slabs do not.
+    let (objs_cached, empty_slabs) = SLABS.cached_bytes();
+    let slab_cached = objs_cached + empty_slabs;
     let ps = crate::PAGE_SIZE;
     let huge = HUGE_MAPPED.load(Ordering::Relaxed);
     let (large_requested, large_pages) = SLABS.large_totals();
@@ -648,7 +650,7 @@ pub fn stats() -> crate::stats::Stats {
     // nor cached.
     let page_api = (pc.in_use() * ps)
         .saturating_sub(slab_pages.saturating_add(large_pages.saturating_mul(ps)).saturating_add(page_cached));
-    let allocated = slab_objs.saturating_sub(slab_cached) + large_requested + page_api;
+    let allocated = slab_objs.saturating_sub(objs_cached) + large_requested + page_api;
     let active = pc.in_use() * ps + huge;
     let dirty = pc.free.saturating_sub(pc.purged) * ps;
     let metadata = pc.meta_resident * ps + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);

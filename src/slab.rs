@@ -727,17 +727,21 @@ impl<'a> SlabAllocator<'a> {
         self.fold_caches(|| 0, |pages, cache| pages + cache.cached_pages())
     }
 
-    /// Bytes of free objects held by registered thread caches, and bytes in
-    /// transfer batches and empty slabs: memory that is resident but free.
-    pub fn cached_bytes(&self) -> usize {
-        let mut bytes = 0;
+    /// Memory that is resident but free, as `(objects, empty slabs)`: bytes
+    /// of free objects held by registered thread caches and transfer batches
+    /// (counted in `inuse`, so `slab_bytes().1` includes them), and bytes of
+    /// empty slabs (whose objects `inuse` does not count).
+    pub fn cached_bytes(&self) -> (usize, usize) {
+        let (mut objs, mut empty) = (0, 0);
         for (c, sc) in CLASSES.iter().enumerate() {
             let slab_bytes = PAGE_SIZE << sc.slab_order;
-            bytes += self.with_class(c, |inner, _| {
-                inner.nr_transfer * sc.batch as usize * sc.size as usize + inner.nr_empty * slab_bytes
+            let (t, e) = self.with_class(c, |inner, _| {
+                (inner.nr_transfer * sc.batch as usize * sc.size as usize, inner.nr_empty * slab_bytes)
             });
+            objs += t;
+            empty += e;
         }
-        self.fold_caches(|| bytes, |bytes, cache| bytes + cache.cached_bytes())
+        (self.fold_caches(|| objs, |objs, cache| objs + cache.cached_bytes()), empty)
     }
 
     /// Adds a thread cache to the registry.
