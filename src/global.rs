@@ -648,12 +648,16 @@ pub fn stats() -> crate::stats::Stats {
     let page_cached = SLABS.cached_pages() * ps;
     // Page-API blocks: pages in use that are neither slabs nor large blocks
     // nor cached.
-    let page_api = (pc.in_use() * ps)
-        .saturating_sub(slab_pages.saturating_add(large_pages.saturating_mul(ps)).saturating_add(page_cached));
+    // The slab layer's own arrays (thread caches' slot blocks, transfer
+    // blocks) are zone pages too, but metadata.
+    let slab_meta = SLABS.meta_bytes();
+    let page_api = (pc.in_use() * ps).saturating_sub(
+        slab_pages.saturating_add(large_pages.saturating_mul(ps)).saturating_add(page_cached).saturating_add(slab_meta),
+    );
     let allocated = slab_objs.saturating_sub(objs_cached) + large_requested + page_api;
-    let active = pc.in_use() * ps + huge;
+    let active = (pc.in_use() * ps).saturating_sub(slab_meta) + huge;
     let dirty = pc.free.saturating_sub(pc.purged) * ps;
-    let metadata = pc.meta_resident * ps + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);
+    let metadata = pc.meta_resident * ps + slab_meta + core::mem::size_of_val(&PAGES) + core::mem::size_of_val(&SLABS);
     // Freed huge mappings kept for reuse, and the unused tails of huge
     // blocks served from longer ones: resident until purged.
     let (huge_cached, huge_slack, huge_held) = huge::held_bytes();

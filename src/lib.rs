@@ -46,7 +46,7 @@ pub use page::{
 pub use page_alloc::{Config, Gfp, Page, PageAllocator, DEFAULT_DECAY_MS, MAX_BULK, MAX_CPUS, PURGE_STEP_PAGES};
 pub use slab::{
     class_for, class_size, size_to_class, SizeClass, SlabAllocator, SlabClassInfo, ThreadCache, CLASSES, MAX_SMALL,
-    NR_CLASSES,
+    NR_CLASSES, SLOT_BLOCK_PAGES,
 };
 pub use stats::{BuddyInfo, PageTypeInfo, VmStat, ZoneInfo, ZONEINFO_CPUS};
 pub use stats::{SlabInfo, Stats};

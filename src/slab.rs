@@ -5,10 +5,11 @@
 //! version of it).
 //!
 //! ```text
-//!  ThreadCache (no lock, no atomic)   bins[class]: a list of free objects
-//!        | refill: one batch            ^ flush: one batch
+//!  ThreadCache (no lock, no atomic)   bins[class]: an array of free objects
+//!        | refill: one batch            ^ flush: one batch (the oldest)
 //!        v                              |
-//!  SlabClass (class lock)   transfer[]: whole batches, moved in O(1)
+//!  SlabClass (class lock)   transfer[]: whole batches, arrays copied in
+//!                                       and out (tcmalloc's transfer cache)
 //!                           partial:    slabs with free objects
 //!        | new_slab: alloc_block(order, UNMOVABLE)   ^ empty slab: free_block
 //!        v                                           |
@@ -207,6 +208,61 @@ const TRANSFER_SLOTS: usize = 16;
 /// boundary must not allocate and free a slab on every batch.
 const MAX_EMPTY_SLABS: usize = 1;
 
+/// The smallest page order whose block holds `bytes`.
+const fn order_for_bytes(bytes: usize) -> u32 {
+    let mut o = 0;
+    while PAGE_SIZE << o < bytes {
+        o += 1;
+    }
+    o
+}
+
+/// Order of the block holding class `c`'s transfer arrays, taken from the
+/// page allocator when the class first keeps a batch and given back with
+/// the last one (`release_cached`): 8 KiB for the 64-object batches, a page
+/// for the rest.
+const fn transfer_order(c: usize) -> u32 {
+    order_for_bytes(TRANSFER_SLOTS * CLASSES[c].batch as usize * core::mem::size_of::<*mut u8>())
+}
+
+/// Where each class's arrays sit in a thread cache's slot block, in words:
+/// `bin[c]` is a sentinel word (null, so that the pop's look at the next
+/// object never reads outside the block) followed by `max_cached` slots;
+/// `remote[c]`, for the classes below a cache line only, `batch` slots.
+struct SlotLayout {
+    bin: [u32; NR_CLASSES],
+    remote: [u32; NR_CLASSES],
+    words: usize,
+}
+
+const fn slot_layout() -> SlotLayout {
+    let mut l = SlotLayout { bin: [0; NR_CLASSES], remote: [0; NR_CLASSES], words: 0 };
+    let mut c = 0;
+    while c < NR_CLASSES {
+        l.bin[c] = l.words as u32;
+        l.words += 1 + CLASSES[c].max_cached as usize;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < NR_SUBLINE_CLASSES {
+        l.remote[c] = l.words as u32;
+        l.words += CLASSES[c].batch as usize;
+        c += 1;
+    }
+    l
+}
+
+static SLOTS: SlotLayout = slot_layout();
+
+/// Order of a thread cache's slot block (about 73 KiB of pointers, so 128
+/// KiB of address space; only the slots a thread uses are ever written, so
+/// only those pages become resident).
+const SLOT_BLOCK_ORDER: u32 = order_for_bytes(slot_layout().words * core::mem::size_of::<*mut u8>());
+
+/// Pages of a thread cache's slot block, taken from the page allocator on
+/// the cache's first slow path and given back by [`ThreadCache::kill`].
+pub const SLOT_BLOCK_PAGES: usize = 1 << SLOT_BLOCK_ORDER;
+
 /// A class's shared state, guarded by its lock.
 ///
 /// Invariants:
@@ -217,13 +273,15 @@ const MAX_EMPTY_SLABS: usize = 1;
 ///   `UNMOVABLE`, `slab_class` = this class, `slab_inuse` = objects not on
 ///   its own free list, and `slab_free` = that free list (linked through the
 ///   objects' first word);
-/// * `transfer[..nr_transfer]` each hold exactly `batch` objects linked
-///   through their first word; those objects count as in use in their slabs.
+/// * `transfer` is null (then `nr_transfer` is 0) or a block of order
+///   `transfer_order(c)` from the page allocator holding `TRANSFER_SLOTS`
+///   arrays of `batch` object pointers; the first `nr_transfer` are full
+///   batches, whose objects count as in use in their slabs.
 struct ClassInner {
     partial: List,
     nr_slabs: usize,
     nr_empty: usize,
-    transfer: [*mut u8; TRANSFER_SLOTS],
+    transfer: *mut *mut u8,
     nr_transfer: usize,
     /// Σ slab_inuse over this class's slabs.
     inuse: usize,
@@ -257,7 +315,7 @@ crate::sync::maybe_const_fn! {
                 partial: List::new(),
                 nr_slabs: 0,
                 nr_empty: 0,
-                transfer: [ptr::null_mut(); TRANSFER_SLOTS],
+                transfer: ptr::null_mut(),
                 nr_transfer: 0,
                 inuse: 0,
                 used: false,
@@ -301,6 +359,10 @@ pub struct SlabAllocator<'a> {
     large_pages: core::sync::atomic::AtomicUsize,
     registry_lock: RawLock,
     registry: UnsafeCell<*mut ThreadCache>,
+    /// Pages this layer took from the page allocator for its own arrays
+    /// (classes' transfer blocks, thread caches' slot blocks): metadata to
+    /// statistics, not allocated memory.
+    meta_pages: core::sync::atomic::AtomicUsize,
 }
 
 // SAFETY: each class's state is reached only under its lock; the page
@@ -330,6 +392,7 @@ crate::sync::maybe_const_fn! {
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             registry_lock: RawLock::new(),
             registry: UnsafeCell::new(ptr::null_mut()),
+            meta_pages: core::sync::atomic::AtomicUsize::new(0),
         }
     }
 }
@@ -420,10 +483,13 @@ impl<'a> SlabAllocator<'a> {
     }
 
     /// Refills a thread cache: a whole transfer batch if one is waiting
-    /// (O(1)), else `batch` objects gathered from partial slabs, taking new
-    /// slabs from the page allocator as needed. Returns the list and its
-    /// length (0 when memory ran out).
-    fn refill(&self, c: usize, tag: u8) -> (*mut u8, usize) {
+    /// (one copy of `batch` pointers), else `batch` objects gathered from
+    /// partial slabs, taking new slabs from the page allocator as needed.
+    /// Writes them to `dst` and returns how many (0 when memory ran out).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `CLASSES[c].batch` pointers.
+    unsafe fn refill(&self, c: usize, tag: u8, dst: *mut *mut u8) -> usize {
         let batch = CLASSES[c].batch as usize;
         // Broken on purpose (loom-tests): looks for a transfer batch under one
         // hold of the class lock and takes the one it saw under a second.
@@ -435,7 +501,9 @@ impl<'a> SlabAllocator<'a> {
                     class.ev.refill.inc();
                     class.ev.transfer_hit.inc();
                     inner.nr_transfer = seen - 1;
-                    (inner.transfer[seen - 1], batch)
+                    // SAFETY: none: this is the bug the loom model must catch.
+                    unsafe { ptr::copy_nonoverlapping(inner.transfer.add((seen - 1) * batch), dst, batch) };
+                    batch
                 });
             }
         }
@@ -445,26 +513,42 @@ impl<'a> SlabAllocator<'a> {
             if inner.nr_transfer > 0 {
                 inner.nr_transfer -= 1;
                 class.ev.transfer_hit.inc();
-                return (inner.transfer[inner.nr_transfer], batch);
+                // SAFETY: slot `nr_transfer` of the class's transfer block
+                // holds a full batch (the struct's invariant), now ours;
+                // the caller gives room for a batch.
+                unsafe { ptr::copy_nonoverlapping(inner.transfer.add(inner.nr_transfer * batch), dst, batch) };
+                return batch;
             }
-            self.gather(inner, class, c, batch, tag)
+            // SAFETY: forwarded.
+            unsafe { self.gather(inner, class, c, batch, tag, dst) }
         })
     }
 
-    /// Takes up to `want` objects from partial slabs (and new ones), linked
-    /// into a list. A slab whose first object it takes (a new or an empty
-    /// one) becomes `tag`'s: that cache's frees of objects from it stay in
-    /// the cache; everyone else's go back in batches (for the classes below
-    /// a cache line). A slab shared with other caches stays its first
+    /// Takes up to `want` objects from partial slabs (and new ones) into
+    /// `dst`. A slab whose first object it takes (a new or an empty one)
+    /// becomes `tag`'s: that cache's frees of objects from it stay in the
+    /// cache; everyone else's go back in batches (for the classes below a
+    /// cache line). A slab shared with other caches stays its first
     /// taker's, so a thread never reuses an object whose line neighbours
     /// another thread may hold. Called under the class lock.
-    fn gather(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, want: usize, tag: u8) -> (*mut u8, usize) {
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `want` pointers.
+    unsafe fn gather(
+        &self,
+        inner: &mut ClassInner,
+        class: &SlabClass,
+        c: usize,
+        want: usize,
+        tag: u8,
+        dst: *mut *mut u8,
+    ) -> usize {
         let slab_pages = 1usize << CLASSES[c].slab_order;
-        // The batch is runs cut off the front of each slab's free list and
-        // joined in order: objects keep their slab's order (address order in
-        // a new slab), so the program gets them walking memory forward, and
-        // only a run's last object is written.
-        let (mut head, mut tail, mut n): (*mut u8, *mut u8, usize) = (ptr::null_mut(), ptr::null_mut(), 0);
+        // Runs cut off the front of each slab's free list: objects keep
+        // their slab's order (address order in a new slab), and the cache
+        // hands out the array's last first, so the batch is stored in
+        // reverse and the program walks memory forward.
+        let mut n = 0;
         while n < want {
             let slab = match inner.partial.first() {
                 Some(s) => s,
@@ -483,29 +567,18 @@ impl<'a> SlabAllocator<'a> {
                 }
             }
             // A slab on the partial list has at least one free object.
-            let first = slab.slab_free();
-            debug_assert!(!first.is_null());
-            let mut last = first;
-            // SAFETY: `first` is on the slab's free list.
-            let mut free = unsafe { next_of(first) };
-            let mut taken = 1;
+            let mut free = slab.slab_free();
+            debug_assert!(!free.is_null());
+            let mut taken = 0;
             while n + taken < want && !free.is_null() {
-                last = free;
-                // SAFETY: `free` is on the slab's free list.
-                free = unsafe { next_of(free) };
+                // SAFETY: the caller gives room for `want` pointers; `free`
+                // is on the slab's free list, so its first word is a link.
+                unsafe {
+                    dst.add(want - 1 - (n + taken)).write(free);
+                    free = next_of(free);
+                }
                 taken += 1;
             }
-            // SAFETY: the run `first..=last` is ours now; cut it off the slab's
-            // list and append it to the batch.
-            unsafe {
-                set_next(last, ptr::null_mut());
-                if tail.is_null() {
-                    head = first;
-                } else {
-                    set_next(tail, first);
-                }
-            }
-            tail = last;
             n += taken;
             slab.set_slab_free(free);
             slab.slab_inuse.set(slab.slab_inuse.get() + taken as u16);
@@ -514,7 +587,13 @@ impl<'a> SlabAllocator<'a> {
                 inner.partial.remove(slab);
             }
         }
-        (head, n)
+        if n < want && n > 0 {
+            // Out of memory part way: close the gap the reversed stores
+            // left at the front.
+            // SAFETY: both ranges lie in the `want` pointers given.
+            unsafe { ptr::copy(dst.add(want - n), dst, n) };
+        }
+        n
     }
 
     /// A new slab for class `c` on the partial list, all objects free.
@@ -542,18 +621,27 @@ impl<'a> SlabAllocator<'a> {
         Some(d)
     }
 
-    /// Takes a thread cache's batch back: kept whole in a transfer slot if
-    /// one is free (the next refill of any thread takes it in O(1)),
-    /// otherwise each object goes back to its slab.
-    fn flush(&self, c: usize, head: *mut u8, n: usize) {
+    /// Takes `n` objects from a thread cache back: a batch of exactly
+    /// `batch` is kept whole in a transfer slot if one is free (the next
+    /// refill of any thread copies it out), otherwise each object goes back
+    /// to its slab.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `n` pointers, each a live object of
+    /// class `c` from this layer, freed.
+    unsafe fn flush(&self, c: usize, src: *const *mut u8, n: usize) {
         let flush = |inner: &mut ClassInner, class: &SlabClass| {
             class.ev.flush.inc();
             inner.used = true;
-            if n == CLASSES[c].batch as usize && inner.nr_transfer < TRANSFER_SLOTS {
-                inner.transfer[inner.nr_transfer] = head;
+            let batch = CLASSES[c].batch as usize;
+            if n == batch && inner.nr_transfer < TRANSFER_SLOTS && self.transfer_block(inner, c) {
+                // SAFETY: slot `nr_transfer` of the transfer block is free
+                // and holds `batch` pointers; the caller gives `n` of them.
+                unsafe { ptr::copy_nonoverlapping(src, inner.transfer.add(inner.nr_transfer * batch), batch) };
                 inner.nr_transfer += 1;
             } else {
-                self.release(inner, class, c, head, n);
+                // SAFETY: forwarded.
+                unsafe { self.release(inner, class, c, src, n) };
             }
         };
         // Broken on purpose (loom-tests): flushes without the class lock.
@@ -566,16 +654,32 @@ impl<'a> SlabAllocator<'a> {
         self.with_class(c, flush)
     }
 
-    /// Puts `n` objects of the list `head` back on their slabs; gives slabs
-    /// that become empty back to the page allocator, beyond the few kept.
-    /// Called under the class lock.
-    fn release(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, mut head: *mut u8, n: usize) {
+    /// Whether class `c` has its transfer block, taking one from the page
+    /// allocator if not (false when that fails: the batch then goes back to
+    /// its slabs). Called under the class lock.
+    fn transfer_block(&self, inner: &mut ClassInner, c: usize) -> bool {
+        if inner.transfer.is_null() {
+            let Some(d) = self.pages.alloc_block(Gfp::DEFAULT, transfer_order(c), MIGRATE_UNMOVABLE) else {
+                return false;
+            };
+            self.meta_pages.fetch_add(1 << transfer_order(c), Relaxed);
+            inner.transfer = pfn_to_addr(desc_to_pfn(d)).cast();
+        }
+        true
+    }
+
+    /// Puts `n` objects back on their slabs; gives slabs that become empty
+    /// back to the page allocator, beyond the few kept. Called under the
+    /// class lock.
+    ///
+    /// # Safety
+    /// As for `flush`.
+    unsafe fn release(&self, inner: &mut ClassInner, class: &SlabClass, c: usize, src: *const *mut u8, n: usize) {
         let sc = CLASSES[c];
         let slab_mask = !((PAGE_SIZE << sc.slab_order) - 1);
-        for _ in 0..n {
-            let obj = head;
-            // SAFETY: `obj` is on the list handed to us.
-            head = unsafe { next_of(obj) };
+        for i in 0..n {
+            // SAFETY: the caller gives `n` readable pointers.
+            let obj = unsafe { src.add(i).read() };
             // SAFETY: a slab object lies in a slab block of a live section;
             // slabs are aligned to their size, so masking finds the head.
             let slab = unsafe { pfn_to_desc((obj as usize & slab_mask) >> PAGE_SHIFT) };
@@ -606,6 +710,11 @@ impl<'a> SlabAllocator<'a> {
         }
     }
 
+    /// Bytes of pages holding this layer's own arrays (see `meta_pages`).
+    pub(crate) fn meta_bytes(&self) -> usize {
+        self.meta_pages.load(Relaxed) * PAGE_SIZE
+    }
+
     /// Adds large-block deltas to the layer's own sums (no cache).
     pub(crate) fn account_large(&self, requested: usize, pages: usize) {
         self.large_requested.fetch_add(requested, Relaxed);
@@ -625,7 +734,10 @@ impl<'a> SlabAllocator<'a> {
     /// One object without a thread cache (after the thread's cache is torn
     /// down). Null when memory ran out.
     pub(crate) fn alloc_one(&self, c: usize) -> *mut u8 {
-        self.with_class(c, |inner, class| self.gather(inner, class, c, 1, 0).0)
+        let mut obj = ptr::null_mut();
+        // SAFETY: room for the one pointer asked for; null if none came.
+        self.with_class(c, |inner, class| unsafe { self.gather(inner, class, c, 1, 0, &mut obj) });
+        obj
     }
 
     /// Frees one object without a thread cache.
@@ -633,9 +745,8 @@ impl<'a> SlabAllocator<'a> {
     /// # Safety
     /// `obj` must be a live object of class `c` from this slab layer.
     pub(crate) unsafe fn free_one(&self, c: usize, obj: *mut u8) {
-        // SAFETY: the caller gives us a live object, now free.
-        unsafe { set_next(obj, ptr::null_mut()) };
-        self.with_class(c, |inner, class| self.release(inner, class, c, obj, 1))
+        // SAFETY: the caller gives us a live object of class `c`, now free.
+        self.with_class(c, |inner, class| unsafe { self.release(inner, class, c, &obj, 1) })
     }
 
     /// Gives every transfer batch's objects back to their slabs and every
@@ -661,7 +772,7 @@ impl<'a> SlabAllocator<'a> {
             if inner.used {
                 inner.used = false;
                 inner.idle_ticks = 0;
-            } else if inner.nr_transfer > 0 || inner.nr_empty > 0 {
+            } else if inner.nr_transfer > 0 || inner.nr_empty > 0 || !inner.transfer.is_null() {
                 inner.idle_ticks = inner.idle_ticks.saturating_add(1);
                 if inner.idle_ticks >= 4 {
                     self.release_cached(inner, class, c);
@@ -677,8 +788,17 @@ impl<'a> SlabAllocator<'a> {
         let sc = CLASSES[c];
         while inner.nr_transfer > 0 {
             inner.nr_transfer -= 1;
-            let head = inner.transfer[inner.nr_transfer];
-            self.release(inner, class, c, head, sc.batch as usize);
+            let batch = sc.batch as usize;
+            // SAFETY: slot `nr_transfer` holds a full batch of this class.
+            unsafe { self.release(inner, class, c, inner.transfer.add(inner.nr_transfer * batch), batch) };
+        }
+        if !inner.transfer.is_null() {
+            // SAFETY: the block came from `transfer_block`, and its slots
+            // are all free now.
+            let d = unsafe { pfn_to_desc(inner.transfer as usize >> PAGE_SHIFT) };
+            inner.transfer = ptr::null_mut();
+            self.meta_pages.fetch_sub(1 << transfer_order(c), Relaxed);
+            self.pages.free_block(d, transfer_order(c));
         }
         while inner.nr_empty > 0 {
             let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
@@ -918,14 +1038,22 @@ impl<'a> SlabAllocator<'a> {
 /// 128 allocations pay a few hundredths of a nanosecond each.
 const TICK_ALLOCS: u32 = 128;
 
-/// One free-object list of a thread cache. `count` is an atomic only so that
-/// statistics may read it from another thread; its owner reads and writes it
-/// with plain relaxed loads and stores (ordinary `mov`s, no locked
-/// instruction).
+/// One free-object stack of a thread cache, an array in the cache's slot
+/// block (jemalloc's and tcmalloc's shape, not a list through the objects):
+/// a pop reads the array, not the object, so handing out an object that
+/// another thread freed (cold in this CPU's cache) does not stall on it,
+/// a push writes nothing into the freed object, and a batch moves by
+/// copying pointers instead of walking links. `count` is an atomic only so
+/// that statistics may read it from another thread; its owner reads and
+/// writes it with plain relaxed loads and stores (ordinary `mov`s, no
+/// locked instruction).
 struct Bin {
-    head: *mut u8,
+    /// The sentinel word before the stack: `slots[1..=count]` hold the free
+    /// objects, the newest last; `slots[0]` is null. Null before the cache's
+    /// first slow path and once it is dead.
+    slots: *mut *mut u8,
     count: AtomicU32,
-    /// The most objects the list may hold: `CLASSES[c].max_cached`, or 0
+    /// The most objects the stack may hold: `CLASSES[c].max_cached`, or 0
     /// before the cache's first slow path and once it is dead. Kept here,
     /// beside `count`, so that a free compares two words of one cache line
     /// and reads no table.
@@ -934,9 +1062,10 @@ struct Bin {
     /// took them from: never handed out again here (reusing another
     /// thread's object puts this thread's writes in cache lines that thread
     /// is using: false sharing), but given back a batch at a time, like
-    /// snmalloc's remote-free batches. `nr_remote` is atomic for statistics
-    /// only, like `count`.
-    remote: *mut u8,
+    /// snmalloc's remote-free batches. An array of `batch` slots (classes
+    /// below a cache line only); `nr_remote` is atomic for statistics only,
+    /// like `count`.
+    remote: *mut *mut u8,
     nr_remote: AtomicU32,
 }
 
@@ -950,34 +1079,41 @@ impl Bin {
         self.count.store(n, Relaxed)
     }
 
-    /// Puts a free object on the front of the list.
+    /// Pushes a free object.
     ///
     /// # Safety
-    /// `obj` is a free object of this bin's class that nobody else uses.
+    /// `obj` is a free object of this bin's class that nobody else uses,
+    /// and the stack has room (`count < max`).
     #[inline(always)]
     unsafe fn push(&mut self, obj: *mut u8) {
-        // SAFETY: the caller gives us the object to link.
-        unsafe { set_next(obj, self.head) };
-        self.head = obj;
-        self.set_count(self.count() + 1);
+        let n = self.count() + 1;
+        // SAFETY: `count < max`, so slot `count + 1` lies in the stack.
+        unsafe { self.slots.add(n as usize).write(obj) };
+        self.set_count(n);
     }
 }
 
-/// A thread's cache of free objects, one list per class. Owned by one
+/// A thread's cache of free objects, one stack per class. Owned by one
 /// thread, so alloc and free touch no atomic read-modify-write and take no
-/// lock while a list has objects (alloc) or room (free).
+/// lock while a stack has objects (alloc) or room (free).
 ///
-/// Invariant: while the cache is live, `bins[c]` is a list of exactly
-/// `count` free objects of class `c` (at most `CLASSES[c].max_cached`),
-/// and `remote` one of exactly `nr_remote` (fewer than `CLASSES[c].batch`),
-/// both linked through their first word; each counts as in use in its slab.
-/// Once `dead` (its thread is exiting, see [`ThreadCache::kill`]) every
-/// list is empty with `max` 0, so both fast paths fall through to slow
+/// Invariant: while the cache is live and open (`block` not null),
+/// `bins[c].slots` points into `block` as `SLOTS.bin[c]` says, with
+/// `slots[1..=count]` free objects of class `c` (at most
+/// `CLASSES[c].max_cached`) and `slots[0]` null, and `remote` (classes
+/// below a cache line) at `SLOTS.remote[c]` with `remote[..nr_remote]`
+/// objects (fewer than `CLASSES[c].batch`); each counts as in use in its
+/// slab. Before the first slow path and once `dead` (its thread is exiting,
+/// see [`ThreadCache::kill`], or the slot block could not be had) every
+/// stack is empty with `max` 0, so both fast paths fall through to slow
 /// paths that use the slab layer's locked one-object calls.
 /// `reg_*` link the registered caches of a tracking slab layer, under its
 /// registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
+    /// The slot block (order `SLOT_BLOCK_ORDER`, from the page allocator)
+    /// holding every bin's array, or null.
+    block: *mut *mut u8,
     /// Blocks of orders 0..=3 in front of the PCP (see `page_cache`).
     pages: PageCache,
     /// This cache's tag in the slabs it takes objects from (0 until its
@@ -1006,7 +1142,7 @@ pub struct ThreadCache {
 const fn new_bins() -> [Bin; NR_CLASSES] {
     [const {
         Bin {
-            head: ptr::null_mut(),
+            slots: ptr::null_mut(),
             count: AtomicU32::new(0),
             max: 0,
             remote: ptr::null_mut(),
@@ -1026,6 +1162,7 @@ impl ThreadCache {
     pub const fn new() -> Self {
         Self {
             bins: new_bins(),
+            block: ptr::null_mut(),
             pages: PageCache::new(),
             tag: 0,
             dead: false,
@@ -1121,9 +1258,18 @@ impl ThreadCache {
         slabs.unregister(self);
         self.dead = true;
         for bin in &mut self.bins {
-            bin.head = ptr::null_mut();
+            bin.slots = ptr::null_mut();
+            bin.remote = ptr::null_mut();
             bin.set_count(0);
             bin.max = 0;
+        }
+        if !self.block.is_null() {
+            // SAFETY: the block came from `open_bins`; no bin points into it
+            // any more.
+            let d = unsafe { pfn_to_desc(self.block as usize >> PAGE_SHIFT) };
+            self.block = ptr::null_mut();
+            slabs.meta_pages.fetch_sub(1 << SLOT_BLOCK_ORDER, Relaxed);
+            slabs.pages.free_block(d, SLOT_BLOCK_ORDER);
         }
     }
 
@@ -1145,13 +1291,13 @@ impl ThreadCache {
         debug_assert!(c < NR_CLASSES);
         // SAFETY: the caller guarantees `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        let obj = bin.head;
-        if !obj.is_null() {
-            // SAFETY: `obj` heads this bin's list of free objects.
-            let next = unsafe { next_of(obj) };
-            bin.head = next;
+        let n = bin.count() as usize;
+        if n != 0 {
+            // SAFETY: a count above 0 means an open stack whose slots
+            // `1..=n` hold objects and whose slot 0 is the sentinel.
+            let (obj, next) = unsafe { (bin.slots.add(n).read(), bin.slots.add(n - 1).read()) };
             prefetch(next);
-            bin.set_count(bin.count() - 1);
+            bin.set_count(n as u32 - 1);
             self.ticks_left -= 1;
             if self.ticks_left == 0 {
                 // A tail call, so that the fast path saves no registers.
@@ -1255,16 +1401,16 @@ impl ThreadCache {
             // Registering found the thread already exiting.
             return slabs.alloc_one(c);
         }
-        let (head, n) = slabs.refill(c, self.tag);
+        let bin = &mut self.bins[c];
+        // SAFETY: the stack is empty and holds `max_cached >= batch` slots
+        // after the sentinel.
+        let n = unsafe { slabs.refill(c, self.tag, bin.slots.add(1)) };
         if n == 0 {
             return ptr::null_mut();
         }
-        // SAFETY: `head` is the first of `n` free objects handed to us.
-        let rest = unsafe { next_of(head) };
-        let bin = &mut self.bins[c];
-        bin.head = rest;
         bin.set_count(n as u32 - 1);
-        head
+        // SAFETY: slot `n` holds the newest of the `n` objects written.
+        unsafe { bin.slots.add(n).read() }
     }
 
     /// Frees an object of class `c`: the fast path pushes it on the list.
@@ -1312,10 +1458,11 @@ impl ThreadCache {
             return unsafe { slabs.free_one(c, obj) };
         }
         let bin = &mut self.bins[c];
-        // SAFETY: the object is free now and ours to link.
-        unsafe { set_next(obj, bin.remote) };
-        bin.remote = obj;
-        let n = bin.nr_remote.load(Relaxed) + 1;
+        let n = bin.nr_remote.load(Relaxed);
+        // SAFETY: a live cache's remote array holds `batch` slots and is
+        // flushed when full, so slot `n < batch` is free.
+        unsafe { bin.remote.add(n as usize).write(obj) };
+        let n = n + 1;
         bin.nr_remote.store(n, Relaxed);
         if n >= CLASSES[c].batch as u32 {
             self.on_slow_path(slabs, c);
@@ -1330,9 +1477,10 @@ impl ThreadCache {
         if n == 0 || self.dead {
             return;
         }
-        let head = core::mem::replace(&mut bin.remote, ptr::null_mut());
         bin.nr_remote.store(0, Relaxed);
-        slabs.flush(c, head, n);
+        // SAFETY: the remote array's first `n` slots hold freed objects of
+        // class `c`, now the layer's.
+        unsafe { slabs.flush(c, bin.remote, n) };
     }
 
     /// A free that finds the list full: hands one batch of class `c` back to
@@ -1359,22 +1507,20 @@ impl ThreadCache {
 
     fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
         let bin = &mut self.bins[c];
-        let n = n.min(bin.count());
+        let count = bin.count() as usize;
+        let n = (n as usize).min(count);
         if n == 0 {
             return;
         }
-        let head = bin.head;
-        let mut last = head;
-        for _ in 1..n {
-            // SAFETY: the bin holds at least `n` objects.
-            last = unsafe { next_of(last) };
+        // The oldest objects go (the bottom of the stack, coldest in this
+        // CPU's cache); the newest stay for the next allocations.
+        // SAFETY: slots `1..=count` hold objects: the first `n` go to the
+        // layer, and the rest move down over them, inside the stack.
+        unsafe {
+            slabs.flush(c, bin.slots.add(1), n);
+            ptr::copy(bin.slots.add(1 + n), bin.slots.add(1), count - n);
         }
-        // SAFETY: `last` is the n-th object of the list.
-        bin.head = unsafe { next_of(last) };
-        bin.set_count(bin.count() - n);
-        // SAFETY: `last` is ours; cut the batch off the rest of the list.
-        unsafe { set_next(last, ptr::null_mut()) };
-        slabs.flush(c, head, n as usize);
+        bin.set_count((count - n) as u32);
     }
 
     /// What a refill or flush does besides its own work, being on a slow
@@ -1403,8 +1549,10 @@ impl ThreadCache {
                     return;
                 }
             }
-            for (bin, sc) in self.bins.iter_mut().zip(CLASSES.iter()) {
-                bin.max = sc.max_cached as u32;
+            if !self.open_bins(slabs) {
+                // No page for the slot block: serve this thread uncached.
+                self.kill(slabs);
+                return;
             }
             self.pages.open();
         }
@@ -1421,6 +1569,29 @@ impl ThreadCache {
             }
         }
         slabs.pages.maybe_purge();
+    }
+
+    /// Takes the slot block and points every bin into it; false if the page
+    /// allocator had no block.
+    fn open_bins(&mut self, slabs: &SlabAllocator<'_>) -> bool {
+        let Some(d) = slabs.pages.alloc_block(Gfp::DEFAULT, SLOT_BLOCK_ORDER, MIGRATE_UNMOVABLE) else {
+            return false;
+        };
+        slabs.meta_pages.fetch_add(1 << SLOT_BLOCK_ORDER, Relaxed);
+        self.block = pfn_to_addr(desc_to_pfn(d)).cast();
+        for (c, (bin, sc)) in self.bins.iter_mut().zip(CLASSES.iter()).enumerate() {
+            // SAFETY: the layout's offsets lie inside the block
+            // (`SLOT_BLOCK_ORDER` is sized from it), which is ours.
+            unsafe {
+                bin.slots = self.block.add(SLOTS.bin[c] as usize);
+                bin.slots.write(ptr::null_mut());
+                if c < NR_SUBLINE_CLASSES {
+                    bin.remote = self.block.add(SLOTS.remote[c] as usize);
+                }
+            }
+            bin.max = sc.max_cached as u32;
+        }
+        true
     }
 
     /// Gives every cached page block back to the PCP.

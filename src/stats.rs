@@ -321,7 +321,10 @@ pub struct Stats {
     /// Bytes of address space mapped: sections (metadata included) and huge blocks.
     pub mapped: usize,
     /// Bytes of resident section headers and page descriptors (asked of
-    /// the OS with `mincore`), and the allocator's static tables.
+    /// the OS with `mincore`), the allocator's static tables, and the slab
+    /// layer's arrays: each size class's transfer block and each thread
+    /// cache's slot block (counted whole, though a thread writes, and so
+    /// makes resident, only the pages of the classes it uses).
     pub metadata: usize,
     /// `madvise` calls made to give memory back.
     pub purge_calls: u64,

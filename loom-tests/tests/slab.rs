@@ -4,7 +4,7 @@
 //!   owner's thread cache refills and flushes at the same time: the freeing
 //!   thread's batch travels back through a transfer slot that the owner's
 //!   refill takes from and its flush pushes to.
-//! * 5b: a thread's exit flush (`flush_all`, giving back a list that is not
+//! * 5b: a thread's exit flush (`kill`: `flush_all`, giving back a list that is not
 //!   a whole batch, object by object into its slabs) racing with an
 //!   allocation on another thread that gathers objects from those same
 //!   slabs, or maps a new one through the page allocator.
@@ -43,7 +43,7 @@ fn cross_thread_free(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static {
     move || {
         let c = size_to_class(SMALL);
         let batch = CLASSES[c].batch as usize;
-        let world = World::new(config(2, 32, 2, 4));
+        let world = World::new(config(2, 256, 2, 4));
         let slabs = world.slabs();
         let held = Held::new();
         let start = slabs.class_info(c);
@@ -66,7 +66,7 @@ fn cross_thread_free(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static {
             // SAFETY: a live object of class `c` from `slabs`.
             unsafe { other.free(slabs, c, o) };
         }
-        other.flush_all(slabs);
+        other.kill(slabs);
         assert_eq!(slabs.class_info(c).transfer_objs, batch);
         let before = slabs.class_info(c);
 
@@ -83,7 +83,7 @@ fn cross_thread_free(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static {
                 held.give_obj(o);
                 // SAFETY: a live object of class `c` from `slabs`.
                 unsafe { owner.free(slabs, c, o) };
-                owner.flush_all(slabs);
+                owner.kill(slabs);
                 o as usize
             })
         };
@@ -100,7 +100,7 @@ fn cross_thread_free(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static {
                     // SAFETY: a live object of class `c`, given to this thread.
                     unsafe { cache.free(slabs, c, o) };
                 }
-                cache.flush_all(slabs);
+                cache.kill(slabs);
             })
         };
         let first = t1.join().unwrap();
@@ -128,7 +128,7 @@ fn exit_flush_vs_alloc(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static 
         let c = size_to_class(LARGE);
         let batch = CLASSES[c].batch as usize;
         assert_eq!(batch, CLASSES[c].objs as usize, "one slab is one batch");
-        let world = World::new(config(2, 32, 2, 4));
+        let world = World::new(config(2, 256, 2, 4));
         let slabs = world.slabs();
         let held = Held::new();
         let start = slabs.class_info(c);
@@ -157,7 +157,7 @@ fn exit_flush_vs_alloc(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static 
                     // SAFETY: live objects of class `c` from `slabs`.
                     unsafe { exiting.free(slabs, c, o) };
                 }
-                exiting.flush_all(slabs);
+                exiting.kill(slabs);
             })
         };
         // Another thread allocates: its refill gathers from the partial
@@ -173,7 +173,7 @@ fn exit_flush_vs_alloc(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static 
                 held.give_obj(o);
                 // SAFETY: a live object of class `c` from `slabs`.
                 unsafe { cache.free(slabs, c, o) };
-                cache.flush_all(slabs);
+                cache.kill(slabs);
             })
         };
         t1.join().unwrap();
@@ -187,7 +187,7 @@ fn exit_flush_vs_alloc(cov: Arc<Coverage>) -> impl Fn() + Sync + Send + 'static 
         let new_slab = info.slabs_allocated > before.slabs_allocated;
         cov.saw(NEW_SLAB, new_slab);
         cov.saw(GATHERED, !new_slab);
-        keeper.flush_all(slabs);
+        keeper.kill(slabs);
         objects_all_back(&world, c, &start);
     }
 }
