@@ -25,7 +25,7 @@ use crate::page::*;
 use crate::page_alloc::{Gfp, PageAllocator};
 use crate::page_cache::{PageCache, CACHED_MT, NR_PAGE_BINS};
 use crate::sync::{Counter, RawLock, UnsafeCell};
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicPtr, AtomicU32};
 use core::sync::atomic::Ordering::Relaxed;
 
 /// The largest size served by a size class: 16 KiB. Above it a request
@@ -1048,48 +1048,50 @@ const TICK_ALLOCS: u32 = 128;
 /// writes it with plain relaxed loads and stores (ordinary `mov`s, no
 /// locked instruction).
 struct Bin {
-    /// The sentinel word before the stack: `slots[1..=count]` hold the free
-    /// objects, the newest last; `slots[0]` is null. Null before the cache's
-    /// first slow path and once it is dead.
-    slots: *mut *mut u8,
-    count: AtomicU32,
-    /// The most objects the stack may hold: `CLASSES[c].max_cached`, or 0
-    /// before the cache's first slow path and once it is dead. Kept here,
-    /// beside `count`, so that a free compares two words of one cache line
-    /// and reads no table.
-    max: u32,
+    /// The newest object's slot, or the stack's sentinel (a null word just
+    /// below its first slot) when it is empty; a closed bin's points at
+    /// `NO_SLOTS`. A pop reads `*top`: null means empty, so the fast path
+    /// needs no count. Atomic only so that statistics may read it from
+    /// another thread; the owner loads and stores it relaxed (plain `mov`s).
+    top: AtomicPtr<*mut u8>,
+    /// The stack's last slot (`max_cached` above the sentinel), or
+    /// `NO_SLOTS` when closed: a free that finds `top` here is the slow
+    /// path's. Kept beside `top`, so that a free compares two words of one
+    /// cache line and reads no table.
+    limit: *mut *mut u8,
     /// Objects of this class freed by this thread from slabs another cache
     /// took them from: never handed out again here (reusing another
     /// thread's object puts this thread's writes in cache lines that thread
     /// is using: false sharing), but given back a batch at a time, like
     /// snmalloc's remote-free batches. An array of `batch` slots (classes
     /// below a cache line only); `nr_remote` is atomic for statistics only,
-    /// like `count`.
+    /// like `top`.
     remote: *mut *mut u8,
     nr_remote: AtomicU32,
 }
 
-impl Bin {
-    #[inline(always)]
-    fn count(&self) -> u32 {
-        self.count.load(Relaxed)
-    }
-    #[inline(always)]
-    fn set_count(&self, n: u32) {
-        self.count.store(n, Relaxed)
-    }
+/// What a closed bin's `top` and `limit` point at: a word of zeros, read as
+/// a null slot (empty), never written (a free finds `top == limit`).
+static NO_SLOTS: usize = 0;
 
+/// `NO_SLOTS`' address as a slot pointer.
+const fn no_slots() -> *mut *mut u8 {
+    ptr::addr_of!(NO_SLOTS) as *mut *mut u8
+}
+
+impl Bin {
     /// Pushes a free object.
     ///
     /// # Safety
     /// `obj` is a free object of this bin's class that nobody else uses,
-    /// and the stack has room (`count < max`).
+    /// and the stack has room (`top < limit`).
     #[inline(always)]
     unsafe fn push(&mut self, obj: *mut u8) {
-        let n = self.count() + 1;
-        // SAFETY: `count < max`, so slot `count + 1` lies in the stack.
-        unsafe { self.slots.add(n as usize).write(obj) };
-        self.set_count(n);
+        // SAFETY: below the limit, so the next slot lies in the stack.
+        let top = unsafe { self.top.load(Relaxed).add(1) };
+        // SAFETY: as above.
+        unsafe { top.write(obj) };
+        self.top.store(top, Relaxed);
     }
 }
 
@@ -1097,23 +1099,25 @@ impl Bin {
 /// thread, so alloc and free touch no atomic read-modify-write and take no
 /// lock while a stack has objects (alloc) or room (free).
 ///
-/// Invariant: while the cache is live and open (`block` not null),
-/// `bins[c].slots` points into `block` as `SLOTS.bin[c]` says, with
-/// `slots[1..=count]` free objects of class `c` (at most
-/// `CLASSES[c].max_cached`) and `slots[0]` null, and `remote` (classes
-/// below a cache line) at `SLOTS.remote[c]` with `remote[..nr_remote]`
-/// objects (fewer than `CLASSES[c].batch`); each counts as in use in its
-/// slab. Before the first slow path and once `dead` (its thread is exiting,
-/// see [`ThreadCache::kill`], or the slot block could not be had) every
-/// stack is empty with `max` 0, so both fast paths fall through to slow
-/// paths that use the slab layer's locked one-object calls.
+/// Invariant: while the cache is live and open (`block` not null), bin
+/// `c`'s stack is at `base = block + SLOTS.bin[c]`: `base[0]` is null (the
+/// sentinel), `base[1..=count]` are free objects of class `c` (non-null;
+/// `count = top - base`, at most `CLASSES[c].max_cached`, and `limit =
+/// base + max_cached`), and `remote` (classes below a cache line) is
+/// `block + SLOTS.remote[c]` with `remote[..nr_remote]` objects (fewer than
+/// `CLASSES[c].batch`); each counts as in use in its slab. Before the first
+/// slow path and once `dead` (its thread is exiting, see
+/// [`ThreadCache::kill`], or the slot block could not be had) every bin is
+/// closed (`top == limit == NO_SLOTS`), so both fast paths fall through to
+/// slow paths that use the slab layer's locked one-object calls.
 /// `reg_*` link the registered caches of a tracking slab layer, under its
 /// registry lock.
 pub struct ThreadCache {
     bins: [Bin; NR_CLASSES],
     /// The slot block (order `SLOT_BLOCK_ORDER`, from the page allocator)
-    /// holding every bin's array, or null.
-    block: *mut *mut u8,
+    /// holding every bin's array, or null. Atomic (relaxed) only for
+    /// statistics, like the bins' `top`.
+    block: AtomicPtr<*mut u8>,
     /// Blocks of orders 0..=3 in front of the PCP (see `page_cache`).
     pages: PageCache,
     /// This cache's tag in the slabs it takes objects from (0 until its
@@ -1142,9 +1146,8 @@ pub struct ThreadCache {
 const fn new_bins() -> [Bin; NR_CLASSES] {
     [const {
         Bin {
-            slots: ptr::null_mut(),
-            count: AtomicU32::new(0),
-            max: 0,
+            top: AtomicPtr::new(no_slots()),
+            limit: no_slots(),
             remote: ptr::null_mut(),
             nr_remote: AtomicU32::new(0),
         }
@@ -1162,7 +1165,7 @@ impl ThreadCache {
     pub const fn new() -> Self {
         Self {
             bins: new_bins(),
-            block: ptr::null_mut(),
+            block: AtomicPtr::new(ptr::null_mut()),
             pages: PageCache::new(),
             tag: 0,
             dead: false,
@@ -1181,7 +1184,30 @@ impl ThreadCache {
         if self.dead {
             return 0;
         }
-        self.bins[c].count() as usize
+        self.count(c)
+    }
+
+    /// Bin `c`'s stack: its sentinel's address, or null when closed.
+    #[inline]
+    fn base(&self, c: usize) -> *mut *mut u8 {
+        let block = self.block.load(Relaxed);
+        if block.is_null() {
+            return block;
+        }
+        block.wrapping_add(SLOTS.bin[c] as usize)
+    }
+
+    /// Objects on bin `c`'s stack. Another thread's reading may race with
+    /// the owner opening or closing the bins: then the figure is clamped,
+    /// never out of range.
+    fn count(&self, c: usize) -> usize {
+        let base = self.base(c);
+        if base.is_null() {
+            return 0;
+        }
+        let top = self.bins[c].top.load(Relaxed);
+        ((top as usize).wrapping_sub(base as usize) / core::mem::size_of::<*mut u8>())
+            .min(CLASSES[c].max_cached as usize)
     }
 
     /// Bytes of free objects this cache holds.
@@ -1189,10 +1215,8 @@ impl ThreadCache {
         if self.dead {
             return 0;
         }
-        self.bins
-            .iter()
-            .zip(CLASSES.iter())
-            .map(|(b, sc)| (b.count() + b.nr_remote.load(Relaxed)) as usize * sc.size as usize)
+        (0..NR_CLASSES)
+            .map(|c| (self.count(c) + self.bins[c].nr_remote.load(Relaxed) as usize) * CLASSES[c].size as usize)
             .sum()
     }
 
@@ -1258,16 +1282,15 @@ impl ThreadCache {
         slabs.unregister(self);
         self.dead = true;
         for bin in &mut self.bins {
-            bin.slots = ptr::null_mut();
+            bin.top.store(no_slots(), Relaxed);
+            bin.limit = no_slots();
             bin.remote = ptr::null_mut();
-            bin.set_count(0);
-            bin.max = 0;
         }
-        if !self.block.is_null() {
+        let block = self.block.swap(ptr::null_mut(), Relaxed);
+        if !block.is_null() {
             // SAFETY: the block came from `open_bins`; no bin points into it
             // any more.
-            let d = unsafe { pfn_to_desc(self.block as usize >> PAGE_SHIFT) };
-            self.block = ptr::null_mut();
+            let d = unsafe { pfn_to_desc(block as usize >> PAGE_SHIFT) };
             slabs.meta_pages.fetch_sub(1 << SLOT_BLOCK_ORDER, Relaxed);
             slabs.pages.free_block(d, SLOT_BLOCK_ORDER);
         }
@@ -1291,13 +1314,17 @@ impl ThreadCache {
         debug_assert!(c < NR_CLASSES);
         // SAFETY: the caller guarantees `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        let n = bin.count() as usize;
-        if n != 0 {
-            // SAFETY: a count above 0 means an open stack whose slots
-            // `1..=n` hold objects and whose slot 0 is the sentinel.
-            let (obj, next) = unsafe { (bin.slots.add(n).read(), bin.slots.add(n - 1).read()) };
-            prefetch(next);
-            bin.set_count(n as u32 - 1);
+        let top = bin.top.load(Relaxed);
+        // SAFETY: `top` always points at a readable word: a slot of an open
+        // stack, its sentinel, or `NO_SLOTS`.
+        let obj = unsafe { top.read() };
+        if !obj.is_null() {
+            // SAFETY: a non-null word is a slot above the sentinel, so the
+            // word below it is a slot or the sentinel.
+            let below = unsafe { top.sub(1) };
+            // SAFETY: as above.
+            prefetch(unsafe { below.read() });
+            bin.top.store(below, Relaxed);
             self.ticks_left -= 1;
             if self.ticks_left == 0 {
                 // A tail call, so that the fast path saves no registers.
@@ -1395,22 +1422,25 @@ impl ThreadCache {
         if self.dead {
             return slabs.alloc_one(c);
         }
-        debug_assert_eq!(self.bins[c].count(), 0, "class {c}: an empty list with a count");
+        debug_assert_eq!(self.count(c), 0, "class {c}: refill of a stack that is not empty");
         self.on_slow_path(slabs, c);
         if self.dead {
             // Registering found the thread already exiting.
             return slabs.alloc_one(c);
         }
-        let bin = &mut self.bins[c];
-        // SAFETY: the stack is empty and holds `max_cached >= batch` slots
-        // after the sentinel.
-        let n = unsafe { slabs.refill(c, self.tag, bin.slots.add(1)) };
+        let base = self.base(c);
+        // SAFETY: the cache is open, so `base` is the stack's sentinel; the
+        // stack is empty and holds `max_cached >= batch` slots above it.
+        let n = unsafe { slabs.refill(c, self.tag, base.add(1)) };
         if n == 0 {
             return ptr::null_mut();
         }
-        bin.set_count(n as u32 - 1);
-        // SAFETY: slot `n` holds the newest of the `n` objects written.
-        unsafe { bin.slots.add(n).read() }
+        // SAFETY: slots `1..=n` hold the objects written; the newest is the
+        // caller's, the rest stay.
+        unsafe {
+            self.bins[c].top.store(base.add(n - 1), Relaxed);
+            base.add(n).read()
+        }
     }
 
     /// Frees an object of class `c`: the fast path pushes it on the list.
@@ -1431,12 +1461,18 @@ impl ThreadCache {
         }
         // SAFETY: a live object of class `c` means `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
-        if bin.count() >= bin.max {
+        let top = bin.top.load(Relaxed);
+        if top >= bin.limit {
             // SAFETY: forwarded.
             return unsafe { self.free_slow(slabs, c, obj) };
         }
-        // SAFETY: forwarded: the object is free now and ours to link.
-        unsafe { bin.push(obj) }
+        // SAFETY: below the limit, so the next slot lies in the open stack;
+        // the object is free now and ours to keep.
+        unsafe {
+            let top = top.add(1);
+            top.write(obj);
+            bin.top.store(top, Relaxed);
+        }
     }
 
     /// A free of an object from a slab another cache took it from: onto the
@@ -1498,7 +1534,7 @@ impl ThreadCache {
             // SAFETY: forwarded.
             return unsafe { slabs.free_one(c, obj) };
         }
-        if self.bins[c].count() >= self.bins[c].max {
+        if self.bins[c].top.load(Relaxed) >= self.bins[c].limit {
             self.flush_batch(slabs, c, CLASSES[c].batch as u32);
         }
         // SAFETY: forwarded: the object is free now and ours to link.
@@ -1506,21 +1542,22 @@ impl ThreadCache {
     }
 
     fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
-        let bin = &mut self.bins[c];
-        let count = bin.count() as usize;
+        let count = self.count(c);
         let n = (n as usize).min(count);
         if n == 0 {
             return;
         }
+        let base = self.base(c);
         // The oldest objects go (the bottom of the stack, coldest in this
         // CPU's cache); the newest stay for the next allocations.
-        // SAFETY: slots `1..=count` hold objects: the first `n` go to the
-        // layer, and the rest move down over them, inside the stack.
+        // SAFETY: a count above 0 means an open stack whose slots
+        // `1..=count` hold objects: the first `n` go to the layer, and the
+        // rest move down over them, inside the stack.
         unsafe {
-            slabs.flush(c, bin.slots.add(1), n);
-            ptr::copy(bin.slots.add(1 + n), bin.slots.add(1), count - n);
+            slabs.flush(c, base.add(1), n);
+            ptr::copy(base.add(1 + n), base.add(1), count - n);
+            self.bins[c].top.store(base.add(count - n), Relaxed);
         }
-        bin.set_count((count - n) as u32);
     }
 
     /// What a refill or flush does besides its own work, being on a slow
@@ -1560,8 +1597,7 @@ impl ThreadCache {
         if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
             self.last_gc_ms = now;
             for other in (0..NR_CLASSES).filter(|&o| o != c) {
-                let count = self.bins[other].count();
-                self.flush_batch(slabs, other, count);
+                self.flush_batch(slabs, other, u32::MAX);
                 self.flush_remote(slabs, other);
             }
             for order in (0..NR_PAGE_BINS).filter(|&o| o + NR_CLASSES != c) {
@@ -1578,19 +1614,21 @@ impl ThreadCache {
             return false;
         };
         slabs.meta_pages.fetch_add(1 << SLOT_BLOCK_ORDER, Relaxed);
-        self.block = pfn_to_addr(desc_to_pfn(d)).cast();
+        let block: *mut *mut u8 = pfn_to_addr(desc_to_pfn(d)).cast();
         for (c, (bin, sc)) in self.bins.iter_mut().zip(CLASSES.iter()).enumerate() {
             // SAFETY: the layout's offsets lie inside the block
             // (`SLOT_BLOCK_ORDER` is sized from it), which is ours.
             unsafe {
-                bin.slots = self.block.add(SLOTS.bin[c] as usize);
-                bin.slots.write(ptr::null_mut());
+                let base = block.add(SLOTS.bin[c] as usize);
+                base.write(ptr::null_mut());
+                bin.top.store(base, Relaxed);
+                bin.limit = base.add(sc.max_cached as usize);
                 if c < NR_SUBLINE_CLASSES {
-                    bin.remote = self.block.add(SLOTS.remote[c] as usize);
+                    bin.remote = block.add(SLOTS.remote[c] as usize);
                 }
             }
-            bin.max = sc.max_cached as u32;
         }
+        self.block.store(block, Relaxed);
         true
     }
 
@@ -1607,8 +1645,7 @@ impl ThreadCache {
             return;
         }
         for c in 0..NR_CLASSES {
-            let count = self.bins[c].count();
-            self.flush_batch(slabs, c, count);
+            self.flush_batch(slabs, c, u32::MAX);
             self.flush_remote(slabs, c);
         }
         self.pages.flush_all(slabs.pages);
