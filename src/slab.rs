@@ -25,8 +25,8 @@ use crate::page::*;
 use crate::page_alloc::{Gfp, PageAllocator};
 use crate::page_cache::{PageCache, CACHED_MT, NR_PAGE_BINS};
 use crate::sync::{Counter, RawLock, UnsafeCell};
-use core::sync::atomic::{AtomicPtr, AtomicU32};
 use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::{AtomicPtr, AtomicU32};
 
 /// The largest size served by a size class: 16 KiB. Above it a request
 /// takes whole pages, where rounding wastes under one page (at most 20% at
@@ -1099,17 +1099,19 @@ impl Bin {
 /// thread, so alloc and free touch no atomic read-modify-write and take no
 /// lock while a stack has objects (alloc) or room (free).
 ///
-/// Invariant: while the cache is live and open (`block` not null), bin
-/// `c`'s stack is at `base = block + SLOTS.bin[c]`: `base[0]` is null (the
+/// Invariant: bin `c` is closed (`top == limit == NO_SLOTS`) or open; an
+/// open bin's cache is live with its slot block (`block` not null), and its
+/// stack is at `base = block + SLOTS.bin[c]`: `base[0]` is null (the
 /// sentinel), `base[1..=count]` are free objects of class `c` (non-null;
 /// `count = top - base`, at most `CLASSES[c].max_cached`, and `limit =
 /// base + max_cached`), and `remote` (classes below a cache line) is
 /// `block + SLOTS.remote[c]` with `remote[..nr_remote]` objects (fewer than
-/// `CLASSES[c].batch`); each counts as in use in its slab. Before the first
-/// slow path and once `dead` (its thread is exiting, see
+/// `CLASSES[c].batch`, set whenever `block` is); each counts as in use in
+/// its slab. A bin opens on its first slow path (`open_bin`). Before the
+/// cache's first slow path and once `dead` (its thread is exiting, see
 /// [`ThreadCache::kill`], or the slot block could not be had) every bin is
-/// closed (`top == limit == NO_SLOTS`), so both fast paths fall through to
-/// slow paths that use the slab layer's locked one-object calls.
+/// closed, so both fast paths fall through to slow paths, which for a dead
+/// cache use the slab layer's locked one-object calls.
 /// `reg_*` link the registered caches of a tracking slab layer, under its
 /// registry lock.
 pub struct ThreadCache {
@@ -1202,10 +1204,10 @@ impl ThreadCache {
     /// never out of range.
     fn count(&self, c: usize) -> usize {
         let base = self.base(c);
-        if base.is_null() {
+        let top = self.bins[c].top.load(Relaxed);
+        if base.is_null() || top == no_slots() {
             return 0;
         }
-        let top = self.bins[c].top.load(Relaxed);
         ((top as usize).wrapping_sub(base as usize) / core::mem::size_of::<*mut u8>())
             .min(CLASSES[c].max_cached as usize)
     }
@@ -1428,6 +1430,7 @@ impl ThreadCache {
             // Registering found the thread already exiting.
             return slabs.alloc_one(c);
         }
+        self.open_bin(c);
         let base = self.base(c);
         // SAFETY: the cache is open, so `base` is the stack's sentinel; the
         // stack is empty and holds `max_cached >= batch` slots above it.
@@ -1534,6 +1537,7 @@ impl ThreadCache {
             // SAFETY: forwarded.
             return unsafe { slabs.free_one(c, obj) };
         }
+        self.open_bin(c);
         if self.bins[c].top.load(Relaxed) >= self.bins[c].limit {
             self.flush_batch(slabs, c, CLASSES[c].batch as u32);
         }
@@ -1607,26 +1611,40 @@ impl ThreadCache {
         slabs.pages.maybe_purge();
     }
 
-    /// Takes the slot block and points every bin into it; false if the page
-    /// allocator had no block.
+    /// Opens bin `c`'s stack in the slot block, if it is still closed: its
+    /// first slow path does this, not `open_bins`, so that a thread writes
+    /// (and makes resident) only the pages of the stacks it uses; the whole
+    /// layout is 19 pages. Call only while the cache is open.
+    #[inline]
+    fn open_bin(&mut self, c: usize) {
+        let bin = &mut self.bins[c];
+        if bin.limit != no_slots() {
+            return;
+        }
+        let block = self.block.load(Relaxed);
+        debug_assert!(!block.is_null());
+        // SAFETY: the layout's offsets lie inside the block, which is ours.
+        unsafe {
+            let base = block.add(SLOTS.bin[c] as usize);
+            base.write(ptr::null_mut());
+            bin.top.store(base, Relaxed);
+            bin.limit = base.add(CLASSES[c].max_cached as usize);
+        }
+    }
+
+    /// Takes the slot block (every stack in it stays closed until its first
+    /// slow path, see `open_bin`) and points the remote arrays into it;
+    /// false if the page allocator had no block.
     fn open_bins(&mut self, slabs: &SlabAllocator<'_>) -> bool {
         let Some(d) = slabs.pages.alloc_block(Gfp::DEFAULT, SLOT_BLOCK_ORDER, MIGRATE_UNMOVABLE) else {
             return false;
         };
         slabs.meta_pages.fetch_add(1 << SLOT_BLOCK_ORDER, Relaxed);
         let block: *mut *mut u8 = pfn_to_addr(desc_to_pfn(d)).cast();
-        for (c, (bin, sc)) in self.bins.iter_mut().zip(CLASSES.iter()).enumerate() {
+        for (c, bin) in self.bins.iter_mut().enumerate().take(NR_SUBLINE_CLASSES) {
             // SAFETY: the layout's offsets lie inside the block
             // (`SLOT_BLOCK_ORDER` is sized from it), which is ours.
-            unsafe {
-                let base = block.add(SLOTS.bin[c] as usize);
-                base.write(ptr::null_mut());
-                bin.top.store(base, Relaxed);
-                bin.limit = base.add(sc.max_cached as usize);
-                if c < NR_SUBLINE_CLASSES {
-                    bin.remote = block.add(SLOTS.remote[c] as usize);
-                }
-            }
+            bin.remote = unsafe { block.add(SLOTS.remote[c] as usize) };
         }
         self.block.store(block, Relaxed);
         true
