@@ -2001,4 +2001,114 @@ mod tests {
             assert!((bytes % sc.size as usize) * limit <= bytes, "class {c} ({}) wastes too much of its slab", sc.size);
         }
     }
+
+    /// Pages the zone holds free, after every PCP is drained.
+    fn zone_free(pages: &PageAllocator) -> usize {
+        pages.drain_all_pages();
+        pages.zoneinfo().free_pages
+    }
+
+    #[test]
+    fn slot_and_transfer_blocks_come_and_go_with_their_users() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        // Map the first section.
+        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        pages.free_pages(warm, 0);
+        let free0 = zone_free(pages);
+        let c = size_to_class(64);
+        let batch = CLASSES[c].batch as usize;
+        let mut tc = ThreadCache::new();
+        let held: Vec<*mut u8> = (0..2 * batch).map(|_| tc.alloc(&slabs, c)).collect();
+        let slab_pages = slabs.class_info(c).num_slabs << CLASSES[c].slab_order;
+        assert_eq!(slabs.meta_bytes(), SLOT_BLOCK_PAGES * PAGE_SIZE, "the cache's slot block, no transfer block yet");
+        assert_eq!(free0 - zone_free(pages), SLOT_BLOCK_PAGES + slab_pages);
+        // A full stack's flush keeps a whole batch: the class takes its
+        // transfer block then.
+        for &p in &held {
+            // SAFETY: live objects of class `c` from `slabs`.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        for _ in 0..CLASSES[c].max_cached as usize {
+            let p = tc.alloc(&slabs, c);
+            // SAFETY: as above.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        let extra: Vec<*mut u8> = (0..CLASSES[c].max_cached as usize + 1).map(|_| tc.alloc(&slabs, c)).collect();
+        for &p in &extra {
+            // SAFETY: as above.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        assert_eq!(slabs.class_info(c).transfer_objs, batch);
+        let transfer_pages = 1 << transfer_order(c);
+        assert_eq!(slabs.meta_bytes(), (SLOT_BLOCK_PAGES + transfer_pages) * PAGE_SIZE);
+        // Thread exit gives the slot block back; shrink the transfer block
+        // and the slabs: the zone has every page again.
+        tc.kill(&slabs);
+        slabs.shrink();
+        assert_eq!(slabs.meta_bytes(), 0);
+        assert_eq!(zone_free(pages), free0, "a slot or transfer block was lost");
+        slabs.check().unwrap();
+        pages.check().unwrap();
+    }
+
+    #[test]
+    fn a_full_stack_flushes_its_oldest_batch_and_keeps_the_newest() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let c = size_to_class(32);
+        let SizeClass { batch, max_cached, .. } = CLASSES[c];
+        let (batch, max) = (batch as usize, max_cached as usize);
+        let mut tc = ThreadCache::new();
+        let objs: Vec<*mut u8> = (0..max + 1).map(|_| tc.alloc(&slabs, c)).collect();
+        tc.flush_all(&slabs);
+        assert_eq!(tc.cached(c), 0);
+        let before = slabs.class_info(c);
+        // Free in order: the stack fills with objs[0..max]; the next free
+        // sends objs[0..batch] (the oldest) to the class.
+        for &p in &objs {
+            // SAFETY: live objects of class `c` from `slabs`.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        assert_eq!(tc.cached(c), max + 1 - batch);
+        let info = slabs.class_info(c);
+        assert_eq!((info.flushes - before.flushes, info.transfer_objs), (1, batch));
+        // Allocations pop newest first: objs[max], objs[max-1], ... down
+        // to objs[batch], then the next comes from the transfer batch.
+        for i in (batch..=max).rev() {
+            assert_eq!(tc.alloc(&slabs, c), objs[i], "stack order broken at {i}");
+        }
+        assert_eq!(tc.cached(c), 0);
+        let p = tc.alloc(&slabs, c);
+        assert!(objs[..batch].contains(&p), "the refill takes the flushed batch back");
+        assert_eq!(slabs.class_info(c).transfer_hits - before.transfer_hits, 1);
+        assert_eq!(tc.cached(c), batch - 1);
+        tc.kill(&slabs);
+        slabs.check().unwrap();
+    }
+
+    #[test]
+    fn a_cache_without_a_slot_block_runs_uncached() {
+        // A zone smaller than a slot block: the first slow path cannot
+        // open the cache, which then serves every call through the locked
+        // one-object path, as a dead one does.
+        let pages: &'static PageAllocator =
+            Box::leak(Box::new(PageAllocator::new(Config { nr_cpus: 1, ..Config::small(SLOT_BLOCK_PAGES / 2, 1) })));
+        let slabs = SlabAllocator::new(pages);
+        let c = size_to_class(16);
+        let mut tc = ThreadCache::new();
+        let a = tc.alloc(&slabs, c);
+        let b = tc.alloc(&slabs, c);
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        assert!(tc.is_dead());
+        assert_eq!((tc.cached(c), slabs.meta_bytes()), (0, 0));
+        assert_eq!(slabs.class_info(c).active_objs, 2);
+        // SAFETY: live objects of class `c` from `slabs`.
+        unsafe {
+            tc.free(&slabs, c, a);
+            tc.free(&slabs, c, b);
+        }
+        assert_eq!(slabs.class_info(c).active_objs, 0);
+        slabs.check().unwrap();
+    }
 }
