@@ -252,12 +252,12 @@ const fn slot_layout() -> SlotLayout {
     l
 }
 
-static SLOTS: SlotLayout = slot_layout();
+const SLOTS: SlotLayout = slot_layout();
 
 /// Order of a thread cache's slot block (about 73 KiB of pointers, so 128
 /// KiB of address space; only the slots a thread uses are ever written, so
 /// only those pages become resident).
-const SLOT_BLOCK_ORDER: u32 = order_for_bytes(slot_layout().words * core::mem::size_of::<*mut u8>());
+const SLOT_BLOCK_ORDER: u32 = order_for_bytes(SLOTS.words * core::mem::size_of::<*mut u8>());
 
 /// Pages of a thread cache's slot block, taken from the page allocator on
 /// the cache's first slow path and given back by [`ThreadCache::kill`].
@@ -654,18 +654,38 @@ impl<'a> SlabAllocator<'a> {
         self.with_class(c, flush)
     }
 
+    /// A block of `2^order` pages for this layer's own arrays, counted in
+    /// `meta_pages`; null if the page allocator has none.
+    fn alloc_meta(&self, order: u32) -> *mut *mut u8 {
+        match self.pages.alloc_block(Gfp::DEFAULT, order, MIGRATE_UNMOVABLE) {
+            Some(d) => {
+                self.meta_pages.fetch_add(1 << order, Relaxed);
+                pfn_to_addr(desc_to_pfn(d)).cast()
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Gives back a block from `alloc_meta`.
+    ///
+    /// # Safety
+    /// `block` came from `alloc_meta(order)` and nothing uses it any more.
+    unsafe fn free_meta(&self, block: *mut *mut u8, order: u32) {
+        // SAFETY: the block lies in a live section (the caller's promise),
+        // so its head descriptor is found by its page frame number.
+        let d = unsafe { pfn_to_desc(block as usize >> PAGE_SHIFT) };
+        self.meta_pages.fetch_sub(1 << order, Relaxed);
+        self.pages.free_block(d, order);
+    }
+
     /// Whether class `c` has its transfer block, taking one from the page
     /// allocator if not (false when that fails: the batch then goes back to
     /// its slabs). Called under the class lock.
     fn transfer_block(&self, inner: &mut ClassInner, c: usize) -> bool {
         if inner.transfer.is_null() {
-            let Some(d) = self.pages.alloc_block(Gfp::DEFAULT, transfer_order(c), MIGRATE_UNMOVABLE) else {
-                return false;
-            };
-            self.meta_pages.fetch_add(1 << transfer_order(c), Relaxed);
-            inner.transfer = pfn_to_addr(desc_to_pfn(d)).cast();
+            inner.transfer = self.alloc_meta(transfer_order(c));
         }
-        true
+        !inner.transfer.is_null()
     }
 
     /// Puts `n` objects back on their slabs; gives slabs that become empty
@@ -795,10 +815,8 @@ impl<'a> SlabAllocator<'a> {
         if !inner.transfer.is_null() {
             // SAFETY: the block came from `transfer_block`, and its slots
             // are all free now.
-            let d = unsafe { pfn_to_desc(inner.transfer as usize >> PAGE_SHIFT) };
+            unsafe { self.free_meta(inner.transfer, transfer_order(c)) };
             inner.transfer = ptr::null_mut();
-            self.meta_pages.fetch_sub(1 << transfer_order(c), Relaxed);
-            self.pages.free_block(d, transfer_order(c));
         }
         while inner.nr_empty > 0 {
             let slab = inner.partial.pop_back().expect("empty slabs sit at the tail");
@@ -1080,15 +1098,15 @@ const fn no_slots() -> *mut *mut u8 {
 }
 
 impl Bin {
-    /// Pushes a free object.
+    /// Pushes a free object above `top` (the bin's `top`, already loaded).
     ///
     /// # Safety
     /// `obj` is a free object of this bin's class that nobody else uses,
     /// and the stack has room (`top < limit`).
     #[inline(always)]
-    unsafe fn push(&mut self, obj: *mut u8) {
-        // SAFETY: below the limit, so the next slot lies in the stack.
-        let top = unsafe { self.top.load(Relaxed).add(1) };
+    unsafe fn push(&mut self, top: *mut *mut u8, obj: *mut u8) {
+        // SAFETY: below the limit, so the next slot lies in the open stack.
+        let top = unsafe { top.add(1) };
         // SAFETY: as above.
         unsafe { top.write(obj) };
         self.top.store(top, Relaxed);
@@ -1292,9 +1310,7 @@ impl ThreadCache {
         if !block.is_null() {
             // SAFETY: the block came from `open_bins`; no bin points into it
             // any more.
-            let d = unsafe { pfn_to_desc(block as usize >> PAGE_SHIFT) };
-            slabs.meta_pages.fetch_sub(1 << SLOT_BLOCK_ORDER, Relaxed);
-            slabs.pages.free_block(d, SLOT_BLOCK_ORDER);
+            unsafe { slabs.free_meta(block, SLOT_BLOCK_ORDER) };
         }
     }
 
@@ -1469,13 +1485,8 @@ impl ThreadCache {
             // SAFETY: forwarded.
             return unsafe { self.free_slow(slabs, c, obj) };
         }
-        // SAFETY: below the limit, so the next slot lies in the open stack;
-        // the object is free now and ours to keep.
-        unsafe {
-            let top = top.add(1);
-            top.write(obj);
-            bin.top.store(top, Relaxed);
-        }
+        // SAFETY: below the limit; the object is free now and ours to keep.
+        unsafe { bin.push(top, obj) }
     }
 
     /// A free of an object from a slab another cache took it from: onto the
@@ -1541,8 +1552,10 @@ impl ThreadCache {
         if self.bins[c].top.load(Relaxed) >= self.bins[c].limit {
             self.flush_batch(slabs, c, CLASSES[c].batch as u32);
         }
-        // SAFETY: forwarded: the object is free now and ours to link.
-        unsafe { self.bins[c].push(obj) }
+        let bin = &mut self.bins[c];
+        // SAFETY: the stack has room now (opened, or just flushed); the
+        // object is free now and ours to keep.
+        unsafe { bin.push(bin.top.load(Relaxed), obj) }
     }
 
     fn flush_batch(&mut self, slabs: &SlabAllocator<'_>, c: usize, n: u32) {
@@ -1636,11 +1649,10 @@ impl ThreadCache {
     /// slow path, see `open_bin`) and points the remote arrays into it;
     /// false if the page allocator had no block.
     fn open_bins(&mut self, slabs: &SlabAllocator<'_>) -> bool {
-        let Some(d) = slabs.pages.alloc_block(Gfp::DEFAULT, SLOT_BLOCK_ORDER, MIGRATE_UNMOVABLE) else {
+        let block = slabs.alloc_meta(SLOT_BLOCK_ORDER);
+        if block.is_null() {
             return false;
-        };
-        slabs.meta_pages.fetch_add(1 << SLOT_BLOCK_ORDER, Relaxed);
-        let block: *mut *mut u8 = pfn_to_addr(desc_to_pfn(d)).cast();
+        }
         for (c, bin) in self.bins.iter_mut().enumerate().take(NR_SUBLINE_CLASSES) {
             // SAFETY: the layout's offsets lie inside the block
             // (`SLOT_BLOCK_ORDER` is sized from it), which is ours.
@@ -1679,14 +1691,20 @@ mod tests {
         Box::leak(Box::new(PageAllocator::new(Config { nr_cpus: 1, ..Config::small(4096, 4) })))
     }
 
+    /// `private_pages` with its first section mapped, so that refills find
+    /// the zone stocked.
+    fn mapped_private_pages() -> &'static PageAllocator {
+        let pages = private_pages();
+        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
+        pages.free_pages(warm, 0);
+        pages
+    }
+
     #[test]
     fn page_bins_refill_by_half_flush_by_half_and_die_empty() {
         use crate::page_cache::PAGE_BIN_MAX;
-        let pages = private_pages();
+        let pages = mapped_private_pages();
         let slabs = SlabAllocator::new(pages);
-        // Map the first section, so that refills find the zone stocked.
-        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
-        pages.free_pages(warm, 0);
         let mut tc = ThreadCache::new();
         for order in 0..NR_PAGE_BINS as u32 {
             let max = PAGE_BIN_MAX[order as usize] as usize;
@@ -2010,11 +2028,8 @@ mod tests {
 
     #[test]
     fn slot_and_transfer_blocks_come_and_go_with_their_users() {
-        let pages = private_pages();
+        let pages = mapped_private_pages();
         let slabs = SlabAllocator::new(pages);
-        // Map the first section.
-        let warm = pages.alloc_pages(Gfp::DEFAULT, 0).unwrap();
-        pages.free_pages(warm, 0);
         let free0 = zone_free(pages);
         let c = size_to_class(64);
         let batch = CLASSES[c].batch as usize;
