@@ -364,39 +364,6 @@ fn threads_that_only_free_and_allocations_in_tls_destructors() {
     }
 }
 
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let resident: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    resident * 4096
-}
-
-#[test]
-fn thread_churn_keeps_rss_flat() {
-    let churn = |n: usize| {
-        for _ in 0..n / 8 {
-            let hs: Vec<_> = (0..8)
-                .map(|i| {
-                    thread::spawn(move || {
-                        let v: Vec<Vec<u8>> = (0..200).map(|j| vec![i as u8; 16 + j * 8]).collect();
-                        let s: String = (0..50).map(|j| format!("{j}")).collect();
-                        v.len() + s.len()
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().unwrap();
-            }
-        }
-    };
-    churn(400);
-    let before = rss_bytes();
-    churn(3000);
-    let after = rss_bytes();
-    // Each thread caches up to a few hundred KiB; if exits leaked them,
-    // 3000 threads would add hundreds of MiB.
-    assert!(after < before + (16 << 20), "RSS grew from {before} to {after} over 3000 threads");
-}
-
 #[test]
 fn a_thread_does_not_reuse_small_objects_another_thread_allocated() {
     // Hoard's passive false sharing (cache-scratch): objects made side by side
