@@ -238,8 +238,28 @@ const CACHE_LINE: usize = 64;
 pub const NR_SUBLINE_CLASSES: usize = size_to_class(CACHE_LINE);
 const _: () = assert!(class_size(NR_SUBLINE_CLASSES) == CACHE_LINE && class_size(NR_SUBLINE_CLASSES - 1) < CACHE_LINE);
 
-/// Full batches a class keeps for O(1) hand-over between threads.
-const TRANSFER_SLOTS: usize = 16;
+/// Bytes of objects a class's transfer batches hold at most (but never
+/// fewer than `MIN_TRANSFER_SLOTS` or more than `MAX_TRANSFER_SLOTS`
+/// batches).
+///
+/// A batch is about 16 KiB of objects from 256 bytes up but only 64
+/// objects below, so a fixed count of 16 slots held 256 KiB of 1 KiB
+/// objects and 8 KiB of 8-byte ones. A class handed from thread to thread
+/// (pipeline: workers make the uppercased words, the sink frees them) then
+/// overflowed its slots whenever the sink ran for a time slice: the 8-byte
+/// class's transfer hits were 60% of its refills, and the other 40% walked
+/// slab free lists written by the other CPU (`gather`, 5.3% of pipeline's
+/// samples, 90% of them on the load of the next link). tcmalloc's transfer
+/// cache holds up to 64 batches for the same reason.
+const TRANSFER_BYTES: usize = 256 * 1024;
+const MIN_TRANSFER_SLOTS: usize = 16;
+const MAX_TRANSFER_SLOTS: usize = 64;
+
+/// Full batches class `c` keeps for O(1) hand-over between threads.
+pub(crate) const fn transfer_slots(c: usize) -> usize {
+    let batch_bytes = CLASSES[c].batch as usize * CLASSES[c].size as usize;
+    clamp(TRANSFER_BYTES / batch_bytes, MIN_TRANSFER_SLOTS, MAX_TRANSFER_SLOTS)
+}
 /// Empty slabs a class keeps before giving them back to the page layer
 /// (SLUB's `min_partial`): a class whose live count hovers at a slab
 /// boundary must not allocate and free a slab on every batch.
@@ -256,10 +276,11 @@ const fn order_for_bytes(bytes: usize) -> u32 {
 
 /// Order of the block holding class `c`'s transfer arrays, taken from the
 /// page allocator when the class first keeps a batch and given back with
-/// the last one (`release_cached`): 8 KiB for the 64-object batches, a page
-/// for the rest.
+/// the last one (`release_cached`): 32 KiB for the classes to 120 bytes
+/// (64 slots of 64 pointers), 16 KiB to 240, 8 KiB or less above. Only the
+/// slots a class fills are ever written, so only those pages are resident.
 const fn transfer_order(c: usize) -> u32 {
-    order_for_bytes(TRANSFER_SLOTS * CLASSES[c].batch as usize * core::mem::size_of::<*mut u8>())
+    order_for_bytes(transfer_slots(c) * CLASSES[c].batch as usize * core::mem::size_of::<*mut u8>())
 }
 
 /// Where each class's arrays sit in a thread cache's slot block, in words:
@@ -311,7 +332,7 @@ pub const SLOT_BLOCK_PAGES: usize = 1 << SLOT_BLOCK_ORDER;
 ///   its own free list, and `slab_free` = that free list (linked through the
 ///   objects' first word);
 /// * `transfer` is null (then `nr_transfer` is 0) or a block of order
-///   `transfer_order(c)` from the page allocator holding `TRANSFER_SLOTS`
+///   `transfer_order(c)` from the page allocator holding `transfer_slots(c)`
 ///   arrays of `batch` object pointers; the first `nr_transfer` are full
 ///   batches, whose objects count as in use in their slabs.
 struct ClassInner {
@@ -671,7 +692,7 @@ impl<'a> SlabAllocator<'a> {
             class.ev.flush.inc();
             inner.used = true;
             let batch = CLASSES[c].batch as usize;
-            if n == batch && inner.nr_transfer < TRANSFER_SLOTS && self.transfer_block(inner, c) {
+            if n == batch && inner.nr_transfer < transfer_slots(c) && self.transfer_block(inner, c) {
                 // SAFETY: slot `nr_transfer` of the transfer block is free
                 // and holds `batch` pointers; the caller gives `n` of them.
                 unsafe { ptr::copy_nonoverlapping(src, inner.transfer.add(inner.nr_transfer * batch), batch) };
@@ -1869,6 +1890,46 @@ mod tests {
         slabs.check().unwrap();
         let info = slabs.class_info(c);
         assert_eq!((info.active_objs, info.num_slabs), (0, 0));
+    }
+
+    #[test]
+    fn transfer_slots_hold_about_the_same_bytes_for_every_class() {
+        for (c, sc) in CLASSES.iter().enumerate() {
+            let (slots, batch, size) = (transfer_slots(c), sc.batch as usize, sc.size as usize);
+            assert!((MIN_TRANSFER_SLOTS..=MAX_TRANSFER_SLOTS).contains(&slots), "class {c}");
+            let bytes = slots * batch * size;
+            assert!(bytes <= TRANSFER_BYTES || slots == MIN_TRANSFER_SLOTS, "class {c}: {bytes} bytes held");
+            assert!(bytes > TRANSFER_BYTES / 2 || slots == MAX_TRANSFER_SLOTS, "class {c}: only {bytes} bytes held");
+            let block = PAGE_SIZE << transfer_order(c);
+            assert!(slots * batch * size_of::<*mut u8>() <= block, "class {c}: the slots overrun their block");
+        }
+        // The 8-byte class's 64-object batches get four times the slots of
+        // the 1 KiB class's 16-object ones, and still hold far fewer bytes.
+        assert_eq!((transfer_slots(0), transfer_slots(size_to_class(1024))), (MAX_TRANSFER_SLOTS, MIN_TRANSFER_SLOTS));
+    }
+
+    #[test]
+    fn a_small_class_keeps_every_slot_it_has_then_releases_to_its_slabs() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let c = size_to_class(8);
+        let (slots, batch) = (transfer_slots(c), CLASSES[c].batch as usize);
+        assert!(slots > 16, "the small classes have more slots than the 16 every class had");
+        let objs: Vec<*mut u8> = (0..(slots + 1) * batch).map(|_| slabs.alloc_one(c)).collect();
+        assert!(objs.iter().all(|p| !p.is_null()));
+        for (i, chunk) in objs.chunks(batch).enumerate() {
+            // SAFETY: `batch` live objects of class `c` from `slabs`, freed.
+            unsafe { slabs.flush(c, chunk.as_ptr(), batch) };
+            let info = slabs.class_info(c);
+            assert_eq!(info.transfer_objs, (i + 1).min(slots) * batch, "after flush {i}");
+            assert_eq!(info.active_objs, objs.len() - i.saturating_sub(slots - 1) * batch, "after flush {i}");
+        }
+        slabs.check().unwrap();
+        slabs.shrink();
+        let info = slabs.class_info(c);
+        assert_eq!((info.active_objs, info.transfer_objs, info.num_slabs), (0, 0, 0));
+        assert_eq!(slabs.meta_bytes(), 0, "the transfer block went back with its batches");
+        slabs.check().unwrap();
     }
 
     #[test]
