@@ -408,14 +408,6 @@ pub struct SlabAllocator<'a> {
     /// cache). Two caches may share a tag once more than 255 exist: then
     /// each takes the other's objects for its own, as if there were no tags.
     last_tag: core::sync::atomic::AtomicU8,
-    /// Live caches holding each tag (registered on a cache's first slow
-    /// path, dropped by `kill`). A slab whose tag no live cache holds (its
-    /// thread exited, or it was made without a cache) belongs to the next
-    /// cache that frees into it: without that, the caches that took over a
-    /// class from an exited thread gave back every small object of its
-    /// slabs in remote batches, for ever (glibc_simple's third phase, on the
-    /// main thread after the second thread's exit).
-    live_tags: [core::sync::atomic::AtomicU16; 256],
     /// Large blocks' requested bytes and pages (wrapping sums of signed
     /// deltas) accounted by no live registered cache: those of exited
     /// threads' caches, and of calls made without a cache. The live caches
@@ -454,7 +446,6 @@ crate::sync::maybe_const_fn! {
             track_caches,
             exit_hook,
             last_tag: core::sync::atomic::AtomicU8::new(0),
-            live_tags: [const { core::sync::atomic::AtomicU16::new(0) }; 256],
             large_requested: core::sync::atomic::AtomicUsize::new(0),
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             registry_lock: RawLock::new(),
@@ -817,25 +808,14 @@ impl<'a> SlabAllocator<'a> {
         self.large_pages.fetch_add(pages, Relaxed);
     }
 
-    /// A tag for a new thread cache: 1..=255, round robin; counted live
-    /// until `tag_dead`.
+    /// A tag for a new thread cache: 1..=255, round robin.
     fn next_tag(&self) -> u8 {
-        let mut t = self.last_tag.fetch_add(1, Relaxed).wrapping_add(1);
+        let t = self.last_tag.fetch_add(1, Relaxed).wrapping_add(1);
         if t == 0 {
-            t = self.last_tag.fetch_add(1, Relaxed).wrapping_add(1);
+            self.last_tag.fetch_add(1, Relaxed).wrapping_add(1)
+        } else {
+            t
         }
-        self.live_tags[t as usize].fetch_add(1, Relaxed);
-        t
-    }
-
-    /// A cache holding `tag` is gone.
-    fn tag_dead(&self, tag: u8) {
-        self.live_tags[tag as usize].fetch_sub(1, Relaxed);
-    }
-
-    /// Whether a live cache holds `tag` (a hint: it may change at once).
-    fn tag_live(&self, tag: u8) -> bool {
-        self.live_tags[tag as usize].load(Relaxed) != 0
     }
 
     /// One object without a thread cache (after the thread's cache is torn
@@ -1388,9 +1368,6 @@ impl ThreadCache {
         self.pages.close(slabs.pages);
         slabs.unregister(self);
         self.dead = true;
-        if self.tag != 0 {
-            slabs.tag_dead(self.tag);
-        }
         for bin in &mut self.bins {
             bin.top.store(no_slots(), Relaxed);
             bin.limit = no_slots();
@@ -1565,7 +1542,7 @@ impl ThreadCache {
             let owner = unsafe { pfn_to_desc(obj as usize >> PAGE_SHIFT) }.slab_owner.load(Relaxed);
             if owner != self.tag {
                 // SAFETY: forwarded.
-                return unsafe { self.free_remote(slabs, c, obj, owner) };
+                return unsafe { self.free_remote(slabs, c, obj) };
             }
         }
         // SAFETY: a live object of class `c` means `c < NR_CLASSES`.
@@ -1582,23 +1559,24 @@ impl ThreadCache {
     /// A free of an object from a slab another cache took it from: onto the
     /// remote list, which goes back to the class a whole batch at a time (a
     /// transfer slot takes it in O(1), and the next refill of any thread
-    /// takes it from there). If no live cache holds the slab's tag, the slab
-    /// becomes this cache's and the object is kept like any of its own.
+    /// takes it from there).
     ///
     /// # Safety
     /// As for `free`.
     #[inline(never)]
-    unsafe fn free_remote(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8, owner: u8) {
-        // The common case, an object of a live cache's slab while the
-        // remote array has room, is a push and nothing else: a thread that
-        // took over a class from a thread still alive (glibc_simple's
-        // second thread, on the main thread's objects) frees every object
-        // this way, and with the rest of this path in one function the
-        // prologue and epilogue alone were twenty instructions a free.
+    unsafe fn free_remote(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
+        // The common case, an opened live cache (tag set, not dead: its
+        // remote arrays exist) with room in the array, is a push and
+        // nothing else. A thread that took over a class from a live thread
+        // (glibc_simple's second thread, on the main thread's objects)
+        // frees every object this way; with the rest of this path in one
+        // function, its prologue and epilogue were twenty instructions a free.
         // SAFETY: a live object of class `c` means `c < NR_CLASSES`.
         let bin = unsafe { self.bins.get_unchecked_mut(c) };
         let n = bin.nr_remote.load(Relaxed);
-        if !self.dead && self.tag != 0 && n + 1 < CLASSES[c].batch as u32 && slabs.tag_live(owner) {
+        // SAFETY: as above.
+        let batch = unsafe { CLASSES.get_unchecked(c) }.batch as u32;
+        if !self.dead && self.tag != 0 && n + 1 < batch {
             // SAFETY: a live cache's remote array holds `batch` slots, and
             // `n + 1 < batch`.
             unsafe { bin.remote.add(n as usize).write(obj) };
@@ -1610,7 +1588,7 @@ impl ThreadCache {
     }
 
     /// The rest of `free_remote`: a cache's first slow path, a dead cache,
-    /// a slab nobody holds, a full remote array.
+    /// a full remote array.
     ///
     /// # Safety
     /// As for `free`.
@@ -1624,27 +1602,6 @@ impl ThreadCache {
         if self.dead {
             // SAFETY: forwarded.
             return unsafe { slabs.free_one(c, obj) };
-        }
-        let slab_pages = 1usize << CLASSES[c].slab_order;
-        let first = (obj as usize >> PAGE_SHIFT) & !(slab_pages - 1);
-        // SAFETY: the caller gives a live object of this layer, in a slab
-        // (aligned to its size) of a live section.
-        let owner = unsafe { pfn_to_desc(first) }.slab_owner.load(Relaxed);
-        if owner == self.tag || !slabs.tag_live(owner) {
-            // Ours (a first slow path may hand out a tag an exited cache
-            // had), or nobody's: ours from now on, kept like our own.
-            for i in 0..slab_pages {
-                // SAFETY: the slab's pages lie in a live section.
-                unsafe { pfn_to_desc(first + i) }.slab_owner.store(self.tag, Relaxed);
-            }
-            let bin = &mut self.bins[c];
-            let top = bin.top.load(Relaxed);
-            if top >= bin.limit {
-                // SAFETY: forwarded.
-                return unsafe { self.free_slow(slabs, c, obj) };
-            }
-            // SAFETY: below the limit; the object is free now and ours.
-            return unsafe { bin.push(top, obj) };
         }
         let bin = &mut self.bins[c];
         let n = bin.nr_remote.load(Relaxed);
@@ -2056,39 +2013,6 @@ mod tests {
         unsafe { tc.free(&slabs, c, p) };
         assert_eq!(slabs.class_info(c).active_objs, 0);
         slabs.check().unwrap();
-    }
-
-    #[test]
-    fn small_objects_of_an_exited_threads_slabs_are_kept_by_whoever_frees_them() {
-        let pages = private_pages();
-        let slabs = SlabAllocator::new(pages);
-        let (mut gone, mut heir) = (ThreadCache::new(), ThreadCache::new());
-        let c = size_to_class(16);
-        assert!(c < NR_SUBLINE_CLASSES);
-        let left: Vec<*mut u8> = (0..4).map(|_| gone.alloc(&slabs, c)).collect();
-        let mine = heir.alloc(&slabs, c);
-        // While its owner lives, a free of its object goes back.
-        // SAFETY: live objects of class `c` from `slabs`.
-        unsafe { heir.free(&slabs, c, left[0]) };
-        assert_eq!(heir.remote(c), 1);
-        gone.kill(&slabs);
-        // Once it has exited, its slab is the heir's: kept, and reused.
-        let cached = heir.cached(c);
-        for &p in &left[1..] {
-            // SAFETY: as above.
-            unsafe { heir.free(&slabs, c, p) };
-        }
-        assert_eq!((heir.cached(c), heir.remote(c)), (cached + 3, 1), "an exited thread's objects were not kept");
-        assert_eq!(heir.alloc(&slabs, c), left[3], "the newest free comes back first");
-        // SAFETY: `left[3]` again, and `mine`: live objects of class `c`.
-        unsafe {
-            heir.free(&slabs, c, left[3]);
-            heir.free(&slabs, c, mine);
-        }
-        heir.kill(&slabs);
-        slabs.shrink();
-        slabs.check().unwrap();
-        assert_eq!(slabs.class_info(c).active_objs, 0);
     }
 
     #[test]
