@@ -365,6 +365,37 @@ fn threads_that_only_free_and_allocations_in_tls_destructors() {
 }
 
 #[test]
+fn each_thread_frees_into_and_allocates_from_a_cache_of_its_own() {
+    // The fast path finds the thread's cache through a TLS slot of its own
+    // (`tls_slot`); a slot shared between threads would hand one thread the
+    // object another just freed. 64-byte objects are reused by the cache
+    // that freed them, last in first out.
+    const THREADS: usize = 4;
+    for _ in 0..20 {
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let barrier = Arc::clone(&barrier);
+                thread::spawn(move || {
+                    let x = Box::new([t as u8; 64]);
+                    let freed = &*x as *const [u8; 64] as usize;
+                    barrier.wait();
+                    drop(x);
+                    // Every thread has freed its object before any allocates.
+                    barrier.wait();
+                    let y = Box::new([t as u8 + 1; 64]);
+                    let got = &*y as *const [u8; 64] as usize;
+                    assert_eq!(got, freed, "thread {t} was given another object than the one it freed");
+                    got
+                })
+            })
+            .collect();
+        let got: HashSet<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(got.len(), THREADS);
+    }
+}
+
+#[test]
 fn a_thread_does_not_reuse_small_objects_another_thread_allocated() {
     // Hoard's passive false sharing (cache-scratch): objects made side by side
     // by one thread are handed to others, who free them and allocate their
