@@ -3,7 +3,6 @@
 //! and the fork handlers.
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,15 +24,9 @@ use crate::PAGES;
 pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, Some(arm_exit_flush));
 
 thread_local! {
-    /// The thread's object cache. It has no destructor, so reaching it costs
-    /// no "is it alive yet / still" check (a `thread_local!` with a `Drop`
-    /// pays a state load and branch on every access), and it stays usable
-    /// while other TLS destructors run and after: once `EXIT_FLUSH` has
-    /// killed it, every call through it takes the locked path.
-    static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
-    /// Touched once per thread, by the cache's first slow path; its
-    /// destructor gives the cache back when the thread exits. Since Rust
-    /// 1.93 a `thread_local!` with a destructor never calls the global
+    /// Touched once per thread, by `cache_first`; its destructor kills the
+    /// thread's cache and gives its block back when the thread exits. Since
+    /// Rust 1.93 a `thread_local!` with a destructor never calls the global
     /// allocator (rust-lang/rust#144465), so the allocator may own one.
     static EXIT_FLUSH: ExitFlush = const { ExitFlush };
 }
@@ -42,11 +35,21 @@ struct ExitFlush;
 
 impl Drop for ExitFlush {
     fn drop(&mut self) {
-        let _ = CACHE.try_with(|c| {
-            // SAFETY: the cache is this thread's alone, and no allocator call
-            // is running on this thread while a TLS destructor runs.
-            unsafe { (*c.get()).kill(&SLABS) }
-        });
+        let cache = tls_slot::load();
+        if cache.is_null() {
+            return;
+        }
+        // From here on this thread's calls find the slot empty and, with
+        // `EXIT_FLUSH` gone, take the locked paths (see `cache_first`).
+        tls_slot::store(ptr::null_mut());
+        // SAFETY: the cache is this thread's alone, no allocator call is
+        // running on this thread while a TLS destructor runs, and nothing
+        // reaches the cache once the slot is empty (the slab layer's
+        // registry lets go of it in `kill`).
+        unsafe {
+            (*cache).kill(&SLABS);
+            SLABS.free_thread_cache(cache);
+        }
     }
 }
 
@@ -132,16 +135,16 @@ static HUGE_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// (two `lock xadd`s each way cost a 32 KiB alloc+free pair about 20 ns).
 #[inline]
 fn account_large(requested: usize, pages: usize) {
-    if CACHE
-        .try_with(|c| {
-            // SAFETY: the cache is this thread's alone; `account_large` only
-            // touches its counters.
-            unsafe { (*c.get()).account_large(&SLABS, requested, pages) }
-        })
-        .is_err()
-    {
-        SLABS.account_large(requested, pages);
+    let mut cache = tls_slot::load();
+    if cache.is_null() {
+        cache = cache_first();
     }
+    if cache.is_null() {
+        return SLABS.account_large(requested, pages);
+    }
+    // SAFETY: the cache is this thread's alone; `account_large` only touches
+    // its counters (and sets it up on its first call).
+    unsafe { (*cache).account_large(&SLABS, requested, pages) }
 }
 
 /// Which layer serves a `(size, align)` request.
@@ -165,17 +168,17 @@ fn kind(size: usize, align: usize) -> Kind {
     }
 }
 
-// ---- the fast path: a size class through the thread cache ----------------
-
 // ---- reaching the thread's cache ---------------------------------------------
 
 /// A word of the static TLS block, reached with the *initial-exec* model:
-/// this thread's `CACHE`, or null until the thread's first slow path
-/// stores it.
+/// this thread's cache, or null before the thread's first call that needs
+/// it (`cache_first` sets it) and after its exit flush. The cache itself
+/// lives in a page of its own (`SlabAllocator::new_thread_cache`); this
+/// word is all the TLS the allocator's fast paths use.
 ///
-/// Why not `CACHE` itself: the code that uses it is inlined into the
-/// crate with the `#[global_allocator]`, which reaches another crate's
-/// `thread_local!` with the general-dynamic model, a call to
+/// Why not a `thread_local!` cache: the code that reaches it is inlined
+/// into the crate with the `#[global_allocator]`, which reaches another
+/// crate's `thread_local!` with the general-dynamic model, a call to
 /// `__tls_get_addr` as far as the compiler knows (the linker turns it
 /// into a load of `%fs:0` only afterwards). So `__rust_alloc` and
 /// `__rust_dealloc` kept their arguments in callee-saved registers across
@@ -184,8 +187,15 @@ fn kind(size: usize, align: usize) -> Kind {
 /// their thread pointers with `tls_model("initial-exec")`; stable Rust has
 /// no such attribute, so the slot is declared in assembly, with its offset
 /// from the thread pointer in a GOT entry (`@GOTTPOFF`) that the linker
-/// resolves to a constant in an executable. A library that uses it takes
-/// static TLS space (eight bytes), as mimalloc's does.
+/// resolves to a constant in an executable.
+///
+/// Why a pointer and not the cache: a shared library with an initial-exec
+/// access has all its TLS in the static TLS block, which a library opened
+/// with `dlopen` must fit into the few hundred bytes glibc keeps spare.
+/// With the 2.7 KiB cache in TLS, a cdylib using pcpalloc failed to load
+/// from Python ("cannot allocate memory in static TLS block", as one
+/// built on tikv-jemallocator does); mimalloc, which keeps only a pointer
+/// there, loads. So the cache moved out.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", not(miri)))]
 mod tls_slot {
     use crate::slab::ThreadCache;
@@ -254,30 +264,42 @@ mod tls_slot {
     }
 }
 
-/// Elsewhere, `CACHE` itself: never null.
+/// Elsewhere, the same word in a `thread_local!`.
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", not(miri))))]
 mod tls_slot {
+    use core::cell::Cell;
+
     use crate::slab::ThreadCache;
+
+    thread_local! {
+        static SLOT: Cell<*mut ThreadCache> = const { Cell::new(core::ptr::null_mut()) };
+    }
 
     #[inline(always)]
     pub(super) fn load() -> *mut ThreadCache {
-        super::CACHE.try_with(|h| h.get()).unwrap_or(core::ptr::null_mut())
+        SLOT.try_with(Cell::get).unwrap_or(core::ptr::null_mut())
     }
 
     #[inline]
-    pub(super) fn store(_: *mut ThreadCache) {}
+    pub(super) fn store(cache: *mut ThreadCache) {
+        let _ = SLOT.try_with(|s| s.set(cache));
+    }
 }
 
-/// The first use of the cache on this thread: sets `tls_slot`. Null if the
-/// thread's TLS is gone (then the callers take the locked paths).
+/// The first call on this thread that needs its cache: makes one and
+/// sets `tls_slot`. Null once the thread's exit flush has run (or is
+/// running), or if no page can be had: then the callers take the slab
+/// layer's and the page allocator's locked paths.
+#[cold]
 fn cache_first() -> *mut ThreadCache {
-    match CACHE.try_with(|h| h.get()) {
-        Ok(cache) => {
-            tls_slot::store(cache);
-            cache
-        }
-        Err(_) => ptr::null_mut(),
+    if !arm_exit_flush() {
+        return ptr::null_mut();
     }
+    let cache = SLABS.new_thread_cache();
+    if !cache.is_null() {
+        tls_slot::store(cache);
+    }
+    cache
 }
 
 // ---- the fast path: a size class through the thread cache ----------------
@@ -345,22 +367,28 @@ unsafe fn small_free_first(c: usize, ptr: *mut u8) {
 
 /// A block of `2^order` pages (`order < NR_PAGE_BINS`, migratetype
 /// movable) from the thread's page cache, prepared as `alloc_pages` does.
-///
-/// Through `CACHE` itself, not `tls_slot`: the page API is inlined into
-/// its callers' loops, where the compiler computes `CACHE`'s address once
-/// for the whole loop (it takes `__tls_get_addr` for a pure function), while
-/// the slot's load, which may not be hoisted (see `tls_slot::load`), would
-/// be four instructions each time: pagepath's pair went from 55 to 63.
 #[inline(always)]
 pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
     debug_assert!((order as usize) < NR_PAGE_BINS);
     let _t = trace::enter(TraceFn::PageCacheAlloc, order, MIGRATE_MOVABLE);
+    let cache = tls_slot::load();
+    if cache.is_null() {
+        return cached_alloc_block_first(order, gfp);
+    }
     // SAFETY: the cache is this thread's alone, and nothing called from here
     // re-enters the allocator on this thread.
-    match CACHE.try_with(|h| unsafe { (*h.get()).alloc_block(&SLABS, order, gfp) }) {
-        Ok(d) => d,
-        Err(_) => PAGES.alloc_block(gfp, order, MIGRATE_MOVABLE),
+    unsafe { (*cache).alloc_block(&SLABS, order, gfp) }
+}
+
+#[cold]
+#[inline(never)]
+fn cached_alloc_block_first(order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
+    let cache = cache_first();
+    if cache.is_null() {
+        return PAGES.alloc_block(gfp, order, MIGRATE_MOVABLE);
     }
+    // SAFETY: as in `cached_alloc_block`.
+    unsafe { (*cache).alloc_block(&SLABS, order, gfp) }
 }
 
 /// Frees a block of `2^order` pages (`order < NR_PAGE_BINS`)
@@ -370,10 +398,23 @@ pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDe
 pub(crate) fn cached_free_block(d: &'static PageDesc, order: u32) {
     debug_assert!((order as usize) < NR_PAGE_BINS);
     let _t = trace::enter(TraceFn::PageCacheFree, order, MIGRATE_MOVABLE);
-    // SAFETY: as in `cached_alloc_block`.
-    if CACHE.try_with(|h| unsafe { (*h.get()).free_block(&SLABS, d, order) }).is_err() {
-        PAGES.free_block(d, order);
+    let cache = tls_slot::load();
+    if cache.is_null() {
+        return cached_free_block_first(d, order);
     }
+    // SAFETY: as in `cached_alloc_block`.
+    unsafe { (*cache).free_block(&SLABS, d, order) }
+}
+
+#[cold]
+#[inline(never)]
+fn cached_free_block_first(d: &'static PageDesc, order: u32) {
+    let cache = cache_first();
+    if cache.is_null() {
+        return PAGES.free_block(d, order);
+    }
+    // SAFETY: as in `cached_alloc_block`.
+    unsafe { (*cache).free_block(&SLABS, d, order) }
 }
 
 // ---- everything else ---------------------------------------------------------
@@ -759,18 +800,20 @@ pub fn slabinfo() -> crate::stats::SlabInfo {
 /// Flushes the calling thread's caches: its objects back to the slab
 /// layer, its page bins back to this CPU's PCP.
 pub fn flush_thread_cache() {
-    let _ = CACHE.try_with(|h| {
+    let cache = tls_slot::load();
+    if !cache.is_null() {
         // SAFETY: the cache is this thread's alone.
-        unsafe { (*h.get()).flush_all(&SLABS) }
-    });
+        unsafe { (*cache).flush_all(&SLABS) }
+    }
 }
 
 /// Gives the calling thread's page bins back to this CPU's PCP.
 pub(crate) fn flush_page_cache() {
-    let _ = CACHE.try_with(|h| {
+    let cache = tls_slot::load();
+    if !cache.is_null() {
         // SAFETY: the cache is this thread's alone.
-        unsafe { (*h.get()).flush_pages(&SLABS) }
-    });
+        unsafe { (*cache).flush_pages(&SLABS) }
+    }
 }
 
 /// Gives back everything that can be given back now: flushes the calling

@@ -761,6 +761,30 @@ impl<'a> SlabAllocator<'a> {
         self.pages.free_block(d, order);
     }
 
+    /// A new thread cache in a block of its own from the page allocator
+    /// (counted in `meta_pages`), or null if there is none. The caller makes
+    /// it its thread's and gives it back with `free_thread_cache`.
+    pub(crate) fn new_thread_cache(&self) -> *mut ThreadCache {
+        let p = self.alloc_meta(THREAD_CACHE_ORDER).cast::<ThreadCache>();
+        if !p.is_null() {
+            // SAFETY: the block is ours, large and aligned enough (checked
+            // below `THREAD_CACHE_ORDER`).
+            unsafe { p.write(ThreadCache::new()) };
+        }
+        p
+    }
+
+    /// Gives back a cache from `new_thread_cache`, which must be dead
+    /// (`kill`ed: unregistered, holding nothing).
+    ///
+    /// # Safety
+    /// `cache` came from `new_thread_cache` and nothing uses it any more.
+    pub(crate) unsafe fn free_thread_cache(&self, cache: *mut ThreadCache) {
+        // SAFETY: the caller's promise; a dead cache owns nothing that a
+        // drop would give back (ThreadCache has no destructor).
+        unsafe { self.free_meta(cache.cast(), THREAD_CACHE_ORDER) }
+    }
+
     /// Whether class `c` has its transfer block, taking one from the page
     /// allocator if not (false when that fails: the batch then goes back to
     /// its slabs). Called under the class lock.
@@ -1242,6 +1266,11 @@ pub struct ThreadCache {
     reg_next: *mut ThreadCache,
     reg_prev: *mut ThreadCache,
 }
+
+/// The page order of the block `SlabAllocator::new_thread_cache` puts a
+/// cache in.
+const THREAD_CACHE_ORDER: u32 = order_for_bytes(core::mem::size_of::<ThreadCache>());
+const _: () = assert!(core::mem::align_of::<ThreadCache>() <= PAGE_SIZE);
 
 /// A new cache's lists: empty and closed (`max` 0), so that its first
 /// allocation and its first free both take a slow path, which gives the
