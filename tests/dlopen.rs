@@ -4,6 +4,7 @@
 //! after start-up must fit into the little of it glibc keeps spare: with
 //! the thread cache itself in TLS (2.7 KiB) the load failed with "cannot
 //! allocate memory in static TLS block". The fast path's TLS is one word.
+#![cfg(target_os = "linux")]
 
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
