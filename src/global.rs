@@ -20,8 +20,10 @@ use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, T
 use crate::trace::{self, Fn as TraceFn};
 use crate::PAGES;
 
-/// The process-wide slab layer, over the process-wide page allocator.
-pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, Some(arm_exit_flush));
+/// The process-wide slab layer, over the process-wide page allocator. No
+/// exit hook: `cache_first` arms `EXIT_FLUSH` before it makes a cache, and
+/// makes none once the thread is exiting.
+pub(crate) static SLABS: SlabAllocator<'static> = slab_allocator_new(&PAGES, true, None);
 
 thread_local! {
     /// Touched once per thread, by `cache_first`; its destructor kills the
@@ -53,8 +55,8 @@ impl Drop for ExitFlush {
     }
 }
 
-/// The slab layer's exit hook: registers `EXIT_FLUSH`'s destructor; false
-/// if it already ran (the thread is exiting).
+/// Registers `EXIT_FLUSH`'s destructor; false if it already ran or is
+/// running (the thread is exiting).
 fn arm_exit_flush() -> bool {
     EXIT_FLUSH.try_with(|_| ()).is_ok()
 }
@@ -135,12 +137,12 @@ static HUGE_MAPPED: AtomicUsize = AtomicUsize::new(0);
 /// (two `lock xadd`s each way cost a 32 KiB alloc+free pair about 20 ns).
 #[inline]
 fn account_large(requested: usize, pages: usize) {
-    let mut cache = tls_slot::load();
+    let cache = tls_slot::load();
     if cache.is_null() {
-        cache = cache_first();
-    }
-    if cache.is_null() {
-        return SLABS.account_large(requested, pages);
+        return with_new_cache(
+            |tc| tc.account_large(&SLABS, requested, pages),
+            || SLABS.account_large(requested, pages),
+        );
     }
     // SAFETY: the cache is this thread's alone; `account_large` only touches
     // its counters (and sets it up on its first call).
@@ -302,6 +304,19 @@ fn cache_first() -> *mut ThreadCache {
     cache
 }
 
+/// The body of every `*_first` function: `f` on the thread's new cache, or
+/// `or` when `cache_first` has none to give.
+#[inline(always)]
+fn with_new_cache<R>(f: impl FnOnce(&mut ThreadCache) -> R, or: impl FnOnce() -> R) -> R {
+    let cache = cache_first();
+    if cache.is_null() {
+        return or();
+    }
+    // SAFETY: the cache was just made for this thread and is its alone, and
+    // nothing called from the allocator re-enters it on this thread.
+    f(unsafe { &mut *cache })
+}
+
 // ---- the fast path: a size class through the thread cache ----------------
 //
 // Each fast path tail-calls a cold `*_first` function with its own
@@ -328,12 +343,8 @@ unsafe fn small_alloc(c: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 unsafe fn small_alloc_first(c: usize) -> *mut u8 {
-    let cache = cache_first();
-    if cache.is_null() {
-        return SLABS.alloc_one(c);
-    }
     // SAFETY: as in `small_alloc`.
-    unsafe { (*cache).alloc_unchecked(&SLABS, c) }
+    with_new_cache(|tc| unsafe { tc.alloc_unchecked(&SLABS, c) }, || SLABS.alloc_one(c))
 }
 
 /// # Safety
@@ -354,13 +365,9 @@ unsafe fn small_free(c: usize, ptr: *mut u8) {
 #[cold]
 #[inline(never)]
 unsafe fn small_free_first(c: usize, ptr: *mut u8) {
-    let cache = cache_first();
-    if cache.is_null() {
-        // SAFETY: forwarded.
-        return unsafe { SLABS.free_one(c, ptr) };
-    }
-    // SAFETY: as in `small_free`.
-    unsafe { (*cache).free(&SLABS, c, ptr) }
+    // SAFETY (both closures): forwarded from the caller, a live object of
+    // class `c`.
+    with_new_cache(|tc| unsafe { tc.free(&SLABS, c, ptr) }, || unsafe { SLABS.free_one(c, ptr) })
 }
 
 // ---- blocks of orders 0..=4 through the thread's page cache ----------------
@@ -383,12 +390,7 @@ pub(crate) fn cached_alloc_block(order: u32, gfp: Gfp) -> Option<&'static PageDe
 #[cold]
 #[inline(never)]
 fn cached_alloc_block_first(order: u32, gfp: Gfp) -> Option<&'static PageDesc> {
-    let cache = cache_first();
-    if cache.is_null() {
-        return PAGES.alloc_block(gfp, order, MIGRATE_MOVABLE);
-    }
-    // SAFETY: as in `cached_alloc_block`.
-    unsafe { (*cache).alloc_block(&SLABS, order, gfp) }
+    with_new_cache(|tc| tc.alloc_block(&SLABS, order, gfp), || PAGES.alloc_block(gfp, order, MIGRATE_MOVABLE))
 }
 
 /// Frees a block of `2^order` pages (`order < NR_PAGE_BINS`)
@@ -409,12 +411,7 @@ pub(crate) fn cached_free_block(d: &'static PageDesc, order: u32) {
 #[cold]
 #[inline(never)]
 fn cached_free_block_first(d: &'static PageDesc, order: u32) {
-    let cache = cache_first();
-    if cache.is_null() {
-        return PAGES.free_block(d, order);
-    }
-    // SAFETY: as in `cached_alloc_block`.
-    unsafe { (*cache).free_block(&SLABS, d, order) }
+    with_new_cache(|tc| tc.free_block(&SLABS, d, order), || PAGES.free_block(d, order))
 }
 
 // ---- everything else ---------------------------------------------------------

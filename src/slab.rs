@@ -76,15 +76,7 @@ pub const fn size_to_class(size: usize) -> usize {
 /// `CLASS_LOOKUP_HI[(size - 1) >> 9]` is the class of `size` for
 /// `LOOKUP_MAX < size <= MAX_SMALL`: the class boundaries there are
 /// multiples of 512. Entries below index 8 are never read.
-const CLASS_LOOKUP_HI: [u8; MAX_SMALL / 512] = {
-    let mut t = [0u8; MAX_SMALL / 512];
-    let mut i = LOOKUP_MAX / 512;
-    while i < t.len() {
-        t[i] = size_to_class_arith(512 * i + 512) as u8;
-        i += 1;
-    }
-    t
-};
+const CLASS_LOOKUP_HI: [u8; MAX_SMALL / 512] = class_table(512, LOOKUP_MAX);
 const _: () = assert!((MAX_SMALL / 512).is_power_of_two());
 
 /// The largest size `CLASS_LOOKUP` answers for.
@@ -95,18 +87,23 @@ const LOOKUP_MAX: usize = 4096;
 /// step is 16 from 128 to 256 and grows after), so the sizes `16i + 1 ..=
 /// 16i + 16` share one class, the class of `16i + 16`. Entries below index 8
 /// are never read.
-const CLASS_LOOKUP: [u8; LOOKUP_MAX / 16] = {
-    let mut t = [0u8; LOOKUP_MAX / 16];
-    let mut i = 8;
-    while i < t.len() {
-        let c = size_to_class_arith(16 * i + 16);
-        // Fits: there are fewer than 256 classes (checked below).
-        t[i] = c as u8;
+const CLASS_LOOKUP: [u8; LOOKUP_MAX / 16] = class_table(16, 128);
+const _: () = assert!(NR_CLASSES <= 256);
+
+/// A class table by steps of `step` bytes: entry `i` is the class of
+/// `step * (i + 1)`, the class of every size in `step * i + 1 ..= step *
+/// (i + 1)` when the class boundaries are multiples of `step`. Entries for
+/// sizes up to `from` (which the table is not asked about) stay 0.
+const fn class_table<const N: usize>(step: usize, from: usize) -> [u8; N] {
+    let mut t = [0u8; N];
+    let mut i = from / step;
+    while i < N {
+        // Fits: there are fewer than 256 classes (checked above).
+        t[i] = size_to_class_arith(step * i + step) as u8;
         i += 1;
     }
     t
-};
-const _: () = assert!(NR_CLASSES <= 256);
+}
 
 /// `size_to_class` for `128 < size <= MAX_SMALL`, by arithmetic.
 #[inline]
@@ -1231,7 +1228,9 @@ impl Bin {
 /// `count = top - base`, at most `CLASSES[c].max_cached`, and `limit =
 /// base + max_cached`), and `remote` (classes below a cache line) is
 /// `block + SLOTS.remote[c]` with `remote[..nr_remote]` objects (fewer than
-/// `CLASSES[c].batch`, set whenever `block` is); each counts as in use in
+/// `CLASSES[c].batch`), set whenever `block` is and null whenever it is
+/// null (so a non-null `remote` says the cache is open and live); each
+/// counts as in use in
 /// its slab. A bin opens on its first slow path (`open_bin`). Before the
 /// cache's first slow path and once `dead` (its thread is exiting, see
 /// [`ThreadCache::kill`], or the slot block could not be had) every bin is
@@ -1610,9 +1609,9 @@ impl ThreadCache {
     /// As for `free`.
     #[inline(never)]
     unsafe fn free_remote(&mut self, slabs: &SlabAllocator<'_>, c: usize, obj: *mut u8) {
-        // The common case, an opened live cache (tag set, not dead: its
-        // remote arrays exist) with room in the array, is a push and
-        // nothing else. A thread that took over a class from a live thread
+        // The common case, an opened live cache (its remote arrays exist:
+        // `remote` is set by `open_bins` and cleared by `kill`) with room in
+        // the array, is a push and nothing else. A thread that took over a class from a live thread
         // (glibc_simple's second thread, on the main thread's objects)
         // frees every object this way; with the rest of this path in one
         // function, its prologue and epilogue were twenty instructions a free.
@@ -1621,7 +1620,7 @@ impl ThreadCache {
         let n = bin.nr_remote.load(Relaxed);
         // SAFETY: as above.
         let batch = unsafe { CLASSES.get_unchecked(c) }.batch as u32;
-        if !self.dead && self.tag != 0 && n + 1 < batch {
+        if !bin.remote.is_null() && n + 1 < batch {
             // SAFETY: a live cache's remote array holds `batch` slots, and
             // `n + 1 < batch`.
             unsafe { bin.remote.add(n as usize).write(obj) };
@@ -1731,9 +1730,9 @@ impl ThreadCache {
             self.tag = slabs.next_tag();
             if slabs.track_caches {
                 // SAFETY: only the process-wide slab layer tracks caches, and
-                // its caches live in thread-local storage, which does not
-                // move, and are killed (unregistered) by the exit hook's
-                // destructor.
+                // its caches live in pages of their own from
+                // `new_thread_cache`, which do not move and are freed only
+                // after `kill` has unregistered them (`global::ExitFlush`).
                 unsafe { slabs.register(self) };
             }
             if let Some(hook) = slabs.exit_hook {
