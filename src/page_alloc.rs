@@ -686,9 +686,22 @@ impl PageAllocator {
     /// whole cost when no tick is due.
     #[inline]
     pub(crate) fn maybe_purge(&self) {
-        let now = self.now_ms();
-        self.zone.clock_ms.store(now, core::sync::atomic::Ordering::Relaxed);
-        if now >= self.purge.next_ms.load(core::sync::atomic::Ordering::Relaxed) {
+        self.maybe_purge_at(self.now_ms())
+    }
+
+    /// `maybe_purge` for a caller that has just read the clock (`now_ms`).
+    ///
+    /// The zone's copy of the clock is written only when the time has
+    /// moved (once a tick, every few ms): every thread's slow paths come
+    /// here, and a store on each of them kept the line, which the zone
+    /// lock's counter shares, moving between CPUs.
+    #[inline]
+    pub(crate) fn maybe_purge_at(&self, now: u64) {
+        use core::sync::atomic::Ordering::Relaxed;
+        if self.zone.clock_ms.load(Relaxed) != now {
+            self.zone.clock_ms.store(now, Relaxed);
+        }
+        if now >= self.purge.next_ms.load(Relaxed) {
             self.purge_tick(now);
         }
     }

@@ -1761,7 +1761,7 @@ impl ThreadCache {
                 self.pages.flush_order(slabs.pages, order as u32);
             }
         }
-        slabs.pages.maybe_purge();
+        slabs.pages.maybe_purge_at(now);
     }
 
     /// Opens bin `c`'s stack in the slot block, if it is still closed: its
