@@ -273,6 +273,11 @@ pub(crate) const fn transfer_slots(c: usize) -> usize {
     let batch_bytes = CLASSES[c].batch as usize * CLASSES[c].size as usize;
     clamp(TRANSFER_BYTES / batch_bytes, MIN_TRANSFER_SLOTS, MAX_TRANSFER_SLOTS)
 }
+/// How long a cache must have taken no slow path before another thread
+/// takes its slabs over (`ThreadCache::adopt_idle`): a few ticks of the
+/// coarse clock, far longer than a working cache goes between refills.
+const IDLE_OWNER_MS: u64 = 10;
+
 /// Empty slabs a class keeps before giving them back to the page layer
 /// (SLUB's `min_partial`): a class whose live count hovers at a slab
 /// boundary must not allocate and free a slab on every batch.
@@ -421,6 +426,13 @@ pub struct SlabAllocator<'a> {
     /// cache). Two caches may share a tag once more than 255 exist: then
     /// each takes the other's objects for its own, as if there were no tags.
     last_tag: core::sync::atomic::AtomicU8,
+    /// When the cache holding each tag last took a slow path (coarse ms;
+    /// 0: no live cache holds it). A thread whose remote array fills reads
+    /// the owners' entries to tell idle and dead caches from working ones
+    /// (`ThreadCache::adopt_idle`). Each entry has a line of its own: a
+    /// cache writes its own once a clock tick and must not pull another
+    /// cache's line to do it.
+    tag_seen_ms: [CachePadded<core::sync::atomic::AtomicU64>; 256],
     /// Large blocks' requested bytes and pages (wrapping sums of signed
     /// deltas) accounted by no live registered cache: those of exited
     /// threads' caches, and of calls made without a cache. The live caches
@@ -459,6 +471,7 @@ crate::sync::maybe_const_fn! {
             track_caches,
             exit_hook,
             last_tag: core::sync::atomic::AtomicU8::new(0),
+            tag_seen_ms: [const { CachePadded::new(core::sync::atomic::AtomicU64::new(0)) }; 256],
             large_requested: core::sync::atomic::AtomicUsize::new(0),
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             registry_lock: RawLock::new(),
@@ -1185,7 +1198,8 @@ struct Bin {
     /// took them from: never handed out again here (reusing another
     /// thread's object puts this thread's writes in cache lines that thread
     /// is using: false sharing), but given back a batch at a time, like
-    /// snmalloc's remote-free batches. An array of `batch` slots (classes
+    /// snmalloc's remote-free batches, unless the other cache is idle or
+    /// dead when the array fills (`ThreadCache::adopt_idle`). An array of `batch` slots (classes
     /// below a cache line only); `nr_remote` is atomic for statistics only,
     /// like `top`.
     remote: *mut *mut u8,
@@ -1259,6 +1273,8 @@ pub struct ThreadCache {
     large_pages: core::sync::atomic::AtomicUsize,
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
+    /// The time its latest slow path read (ms).
+    seen_ms: u64,
     /// Allocations from the cache until the next tick (see `on_tick`).
     ticks_left: u32,
     registered: bool,
@@ -1303,6 +1319,7 @@ impl ThreadCache {
             large_requested: core::sync::atomic::AtomicUsize::new(0),
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             last_gc_ms: 0,
+            seen_ms: 0,
             ticks_left: TICK_ALLOCS,
             registered: false,
             reg_next: ptr::null_mut(),
@@ -1412,6 +1429,10 @@ impl ThreadCache {
         self.pages.close(slabs.pages);
         slabs.unregister(self);
         self.dead = true;
+        if self.tag != 0 {
+            // Its slabs are anyone's now (see `adopt_idle`).
+            slabs.tag_seen_ms[self.tag as usize].store(0, Relaxed);
+        }
         for bin in &mut self.bins {
             bin.top.store(no_slots(), Relaxed);
             bin.limit = no_slots();
@@ -1656,8 +1677,72 @@ impl ThreadCache {
         bin.nr_remote.store(n, Relaxed);
         if n >= CLASSES[c].batch as u32 {
             self.on_slow_path(slabs, c);
-            self.flush_remote(slabs, c);
+            if self.dead || self.adopt_idle(slabs, c) == 0 {
+                self.flush_remote(slabs, c);
+            }
         }
+    }
+
+    /// Takes for this cache's own the objects in class `c`'s full remote
+    /// array whose slabs belong to a cache that has taken no slow path for
+    /// `IDLE_OWNER_MS` or is dead: each such slab is tagged as this cache's,
+    /// so the object goes on this cache's stack and later frees of objects
+    /// from it stay here. Returns how many it took.
+    ///
+    /// Why: a thread that takes over another's work (glibc_simple's second
+    /// thread, on the objects the main thread flushed before it waited)
+    /// refills with the other's objects, frees each one remotely and hands
+    /// the batch back, and the next refill brings the same objects back:
+    /// a remote free and a class-lock round trip per batch, for as long as
+    /// it runs, with no owner there to share a cache line with. A cache in
+    /// use takes a slow path every few batches, so its slabs stay its own.
+    fn adopt_idle(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> usize {
+        let (tag, now) = (self.tag, self.seen_ms);
+        let slab_pages = 1usize << CLASSES[c].slab_order;
+        self.open_bin(c);
+        let bin = &mut self.bins[c];
+        let n = bin.nr_remote.load(Relaxed) as usize;
+        let (mut kept, mut adopted) = (0, 0);
+        let mut last = (0u8, false);
+        for i in 0..n {
+            // SAFETY: the remote array's first `n` slots hold freed objects.
+            let obj = unsafe { bin.remote.add(i).read() };
+            let pfn = obj as usize >> PAGE_SHIFT;
+            // SAFETY: an object of this layer lies in a slab of a live
+            // section.
+            let owner = unsafe { pfn_to_desc(pfn) }.slab_owner.load(Relaxed);
+            let idle = if owner == tag {
+                // A slab this loop has just taken.
+                true
+            } else if owner == last.0 && i > 0 {
+                last.1
+            } else {
+                let seen = slabs.tag_seen_ms[owner as usize].load(Relaxed);
+                now.saturating_sub(seen) >= IDLE_OWNER_MS
+            };
+            last = (owner, idle);
+            let top = bin.top.load(Relaxed);
+            if idle && top < bin.limit {
+                if owner != tag {
+                    // Slabs are blocks of their order, aligned to it.
+                    let first = pfn & !(slab_pages - 1);
+                    for p in first..first + slab_pages {
+                        // SAFETY: the slab's pages lie in a live section.
+                        unsafe { pfn_to_desc(p) }.slab_owner.store(tag, Relaxed);
+                    }
+                }
+                // SAFETY: below the limit; the object is free and, with its
+                // slab, this cache's now.
+                unsafe { bin.push(top, obj) };
+                adopted += 1;
+            } else {
+                // SAFETY: `kept <= i`, a slot already read.
+                unsafe { bin.remote.add(kept).write(obj) };
+                kept += 1;
+            }
+        }
+        bin.nr_remote.store(kept as u32, Relaxed);
+        adopted
     }
 
     /// Hands class `c`'s remote list back to the slab layer.
@@ -1751,6 +1836,11 @@ impl ThreadCache {
             self.pages.open();
         }
         let now = slabs.pages.now_ms();
+        self.seen_ms = now;
+        let seen = &slabs.tag_seen_ms[self.tag as usize];
+        if seen.load(Relaxed) != now {
+            seen.store(now, Relaxed);
+        }
         if now.saturating_sub(self.last_gc_ms) >= slabs.pages.decay_ms() {
             self.last_gc_ms = now;
             for other in (0..NR_CLASSES).filter(|&o| o != c) {
@@ -2059,9 +2149,18 @@ mod tests {
         slabs.check().unwrap();
     }
 
+    /// `private_pages` on a clock that moves only when the test says, so
+    /// that no pause of the test makes a cache look idle (`adopt_idle`).
+    fn pages_on_clock(clock: fn() -> u64) -> &'static PageAllocator {
+        Box::leak(Box::new(PageAllocator::new(Config { nr_cpus: 1, clock: Some(clock), ..Config::small(4096, 4) })))
+    }
+
     #[test]
     fn small_objects_of_another_threads_slabs_go_back_in_batches_and_are_not_reused() {
-        let pages = private_pages();
+        fn clock() -> u64 {
+            1000
+        }
+        let pages = pages_on_clock(clock);
         let slabs = SlabAllocator::new(pages);
         let (mut owner, mut other) = (ThreadCache::new(), ThreadCache::new());
         let c = size_to_class(16);
@@ -2117,6 +2216,73 @@ mod tests {
         slabs.check().unwrap();
         assert_eq!(slabs.class_info(c).active_objs, 0);
         assert_eq!(slabs.class_info(big).active_objs, 0);
+    }
+
+    #[test]
+    fn the_slabs_of_an_idle_or_dead_cache_are_taken_over_by_the_thread_freeing_their_objects() {
+        use core::sync::atomic::AtomicU64;
+        static NOW: AtomicU64 = AtomicU64::new(1000);
+        fn clock() -> u64 {
+            NOW.load(Relaxed)
+        }
+        let pages = pages_on_clock(clock);
+        let slabs = SlabAllocator::new(pages);
+        let (mut owner, mut other) = (ThreadCache::new(), ThreadCache::new());
+        let c = size_to_class(16);
+        let batch = CLASSES[c].batch as usize;
+        let take = |tc: &mut ThreadCache| (0..batch).map(|_| tc.alloc(&slabs, c)).collect::<Vec<_>>();
+        // A working owner: a full remote array goes back as a batch.
+        let first = take(&mut owner);
+        let flushes = slabs.class_info(c).flushes;
+        for &p in &first {
+            // SAFETY: live objects of class `c` from `slabs`.
+            unsafe { other.free(&slabs, c, p) };
+        }
+        assert_eq!(slabs.class_info(c).flushes, flushes + 1);
+        assert_eq!((other.cached(c), other.remote(c)), (0, 0));
+        // The owner takes no slow path for the idle time: the next full
+        // array stays with the thread that freed it, and so do its slabs.
+        let second = take(&mut owner);
+        NOW.fetch_add(IDLE_OWNER_MS, Relaxed);
+        let flushes = slabs.class_info(c).flushes;
+        for &p in &second {
+            // SAFETY: as above.
+            unsafe { other.free(&slabs, c, p) };
+        }
+        assert_eq!(slabs.class_info(c).flushes, flushes, "nothing went back to the class");
+        assert_eq!((other.cached(c), other.remote(c)), (batch, 0));
+        let reused = other.alloc(&slabs, c);
+        assert!(second.contains(&reused), "the objects are handed out again where they were freed");
+        // SAFETY: as above.
+        unsafe { other.free(&slabs, c, reused) };
+        assert_eq!((other.cached(c), other.remote(c)), (batch, 0), "its slab is the freeing thread's now");
+        // The owner's slabs it still has objects in, freed by the owner
+        // itself, are no longer its own: they go to its remote array.
+        let o = owner.alloc(&slabs, c);
+        let slab_taken = second.iter().any(|&p| p as usize >> PAGE_SHIFT == o as usize >> PAGE_SHIFT);
+        // SAFETY: as above.
+        unsafe { owner.free(&slabs, c, o) };
+        assert_eq!(owner.remote(c), slab_taken as usize);
+        // A dead cache's slabs are taken at once, with no wait (another
+        // class, whose slabs are all the owner's).
+        let c2 = size_to_class(32);
+        let batch2 = CLASSES[c2].batch as usize;
+        let third: Vec<_> = (0..batch2).map(|_| owner.alloc(&slabs, c2)).collect();
+        owner.kill(&slabs);
+        let mut third_freer = ThreadCache::new();
+        let flushes = slabs.class_info(c2).flushes;
+        for &p in &third {
+            // SAFETY: live objects of class `c2` from `slabs`.
+            unsafe { third_freer.free(&slabs, c2, p) };
+        }
+        assert_eq!(slabs.class_info(c2).flushes, flushes);
+        assert_eq!((third_freer.cached(c2), third_freer.remote(c2)), (batch2, 0));
+        other.flush_all(&slabs);
+        third_freer.flush_all(&slabs);
+        slabs.shrink();
+        slabs.check().unwrap();
+        assert_eq!(slabs.class_info(c).active_objs, 0);
+        assert_eq!(slabs.class_info(c2).active_objs, 0);
     }
 
     #[test]
