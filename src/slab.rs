@@ -273,6 +273,20 @@ pub(crate) const fn transfer_slots(c: usize) -> usize {
     let batch_bytes = CLASSES[c].batch as usize * CLASSES[c].size as usize;
     clamp(TRANSFER_BYTES / batch_bytes, MIN_TRANSFER_SLOTS, MAX_TRANSFER_SLOTS)
 }
+/// Tags every page of the slab of `slab_pages` pages at `first_pfn` as
+/// `tag`'s (`slab_owner`: a hint read without a lock, see `ThreadCache::free`).
+///
+/// # Safety
+/// `first_pfn..first_pfn + slab_pages` must be the pages of one slab of
+/// this layer (so they lie in a live section).
+unsafe fn set_slab_owner(first_pfn: usize, slab_pages: usize, tag: u8) {
+    for pfn in first_pfn..first_pfn + slab_pages {
+        // SAFETY: the caller's promise: a slab's pages lie in a live section,
+        // and sections are never unmapped.
+        unsafe { pfn_to_desc(pfn) }.slab_owner.store(tag, Relaxed);
+    }
+}
+
 /// How long a cache must have taken no slow path before another thread
 /// takes its slabs over (`ThreadCache::adopt_idle`): a few ticks of the
 /// coarse clock, far longer than a working cache goes between refills.
@@ -653,11 +667,8 @@ impl<'a> SlabAllocator<'a> {
             if slab.slab_inuse.get() == 0 {
                 inner.nr_empty -= 1;
                 // An empty slab belongs to whoever takes its first object.
-                let pfn = desc_to_pfn(slab);
-                for i in 0..slab_pages {
-                    // SAFETY: the slab's pages lie in a live section.
-                    unsafe { pfn_to_desc(pfn + i) }.slab_owner.store(tag, Relaxed);
-                }
+                // SAFETY: `slab` heads a slab of class `c`, of `slab_pages` pages.
+                unsafe { set_slab_owner(desc_to_pfn(slab), slab_pages, tag) };
             }
             // A slab on the partial list has at least one free object.
             let mut free = slab.slab_free();
@@ -1273,8 +1284,6 @@ pub struct ThreadCache {
     large_pages: core::sync::atomic::AtomicUsize,
     /// When this cache last gave back the lists it was not using (ms).
     last_gc_ms: u64,
-    /// The time its latest slow path read (ms).
-    seen_ms: u64,
     /// Allocations from the cache until the next tick (see `on_tick`).
     ticks_left: u32,
     registered: bool,
@@ -1319,7 +1328,6 @@ impl ThreadCache {
             large_requested: core::sync::atomic::AtomicUsize::new(0),
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             last_gc_ms: 0,
-            seen_ms: 0,
             ticks_left: TICK_ALLOCS,
             registered: false,
             reg_next: ptr::null_mut(),
@@ -1697,13 +1705,18 @@ impl ThreadCache {
     /// it runs, with no owner there to share a cache line with. A cache in
     /// use takes a slow path every few batches, so its slabs stay its own.
     fn adopt_idle(&mut self, slabs: &SlabAllocator<'_>, c: usize) -> usize {
-        let (tag, now) = (self.tag, self.seen_ms);
+        let tag = self.tag;
+        // This cache's own entry: the time its latest slow path read (0,
+        // so nothing counts as idle, if a cache sharing the tag just died).
+        let now = slabs.tag_seen_ms[tag as usize].load(Relaxed);
         let slab_pages = 1usize << CLASSES[c].slab_order;
         self.open_bin(c);
         let bin = &mut self.bins[c];
         let n = bin.nr_remote.load(Relaxed) as usize;
         let (mut kept, mut adopted) = (0, 0);
-        let mut last = (0u8, false);
+        // The previous object's owner and verdict: a batch is mostly a few
+        // slabs, so most objects need no look at another cache's line.
+        let mut last: Option<(u8, bool)> = None;
         for i in 0..n {
             // SAFETY: the remote array's first `n` slots hold freed objects.
             let obj = unsafe { bin.remote.add(i).read() };
@@ -1711,25 +1724,20 @@ impl ThreadCache {
             // SAFETY: an object of this layer lies in a slab of a live
             // section.
             let owner = unsafe { pfn_to_desc(pfn) }.slab_owner.load(Relaxed);
-            let idle = if owner == tag {
+            let idle = match last {
                 // A slab this loop has just taken.
-                true
-            } else if owner == last.0 && i > 0 {
-                last.1
-            } else {
-                let seen = slabs.tag_seen_ms[owner as usize].load(Relaxed);
-                now.saturating_sub(seen) >= IDLE_OWNER_MS
+                _ if owner == tag => true,
+                Some((o, idle)) if o == owner => idle,
+                _ => now.saturating_sub(slabs.tag_seen_ms[owner as usize].load(Relaxed)) >= IDLE_OWNER_MS,
             };
-            last = (owner, idle);
+            last = Some((owner, idle));
             let top = bin.top.load(Relaxed);
             if idle && top < bin.limit {
                 if owner != tag {
-                    // Slabs are blocks of their order, aligned to it.
-                    let first = pfn & !(slab_pages - 1);
-                    for p in first..first + slab_pages {
-                        // SAFETY: the slab's pages lie in a live section.
-                        unsafe { pfn_to_desc(p) }.slab_owner.store(tag, Relaxed);
-                    }
+                    // SAFETY: `obj` lies in a slab of class `c`, a block of
+                    // `slab_pages` pages aligned to its size, so masking its
+                    // page number gives the slab's first page.
+                    unsafe { set_slab_owner(pfn & !(slab_pages - 1), slab_pages, tag) };
                 }
                 // SAFETY: below the limit; the object is free and, with its
                 // slab, this cache's now.
@@ -1836,7 +1844,6 @@ impl ThreadCache {
             self.pages.open();
         }
         let now = slabs.pages.now_ms();
-        self.seen_ms = now;
         let seen = &slabs.tag_seen_ms[self.tag as usize];
         if seen.load(Relaxed) != now {
             seen.store(now, Relaxed);
