@@ -370,7 +370,7 @@ unsafe fn small_free_first(c: usize, ptr: *mut u8) {
     with_new_cache(|tc| unsafe { tc.free(&SLABS, c, ptr) }, || unsafe { SLABS.free_one(c, ptr) })
 }
 
-// ---- blocks of orders 0..=4 through the thread's page cache ----------------
+// ---- blocks of orders 0..=7 through the thread's page cache ----------------
 
 /// A block of `2^order` pages (`order < NR_PAGE_BINS`, migratetype
 /// movable) from the thread's page cache, prepared as `alloc_pages` does.

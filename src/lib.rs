@@ -71,7 +71,7 @@ pub(crate) static PAGES: PageAllocator = page_alloc::page_allocator_new(Config {
 
 /// `alloc_page`: one page from the process-wide page allocator.
 ///
-/// Orders 0..=4 of the default migratetype are served first from the
+/// Orders 0..=7 of the default migratetype are served first from the
 /// calling thread's page cache, a few blocks it freed, kept in front of
 /// this CPU's PCP lists and refilled from them in batches (see
 /// `ARCHITECTURE.md`); everything else goes to the PCP or the zone.
@@ -119,7 +119,7 @@ pub fn free_pages(page: Page, order: u32) {
 }
 
 /// `drain_all_pages`: gives the calling thread's page cache and every CPU's
-/// PCP lists back to the zone. (Other threads' page caches, at most 192 KiB
+/// PCP lists back to the zone. (Other threads' page caches, at most 1088 KiB
 /// each, only their threads can empty: they do on their slow paths once
 /// per decay time, and at exit.)
 #[cfg(not(loom))]

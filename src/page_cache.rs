@@ -1,4 +1,4 @@
-//! A thread's page cache: a few blocks of each order 0..=4 (4 to 64 KiB) that
+//! A thread's page cache: a few blocks of each order 0..=7 (4 to 512 KiB) that
 //! the thread freed, kept for its next allocation of that order.
 //!
 //! The kernel has no such layer: its per-CPU lists need no atomic
@@ -9,9 +9,19 @@
 //! allocation and on each free, about two thirds of a 15 ns page round
 //! trip. A thread's own stack of blocks needs none. It sits where jemalloc's
 //! tcache and SLUB's per-CPU slab sit: in front, small (32 KiB of each
-//! PCP order and one 64 KiB block, 192 KiB in all), and refilled from and
-//! flushed to the PCP in batches, so the PCP still sees the traffic, a batch per lock, and its
+//! PCP order, 128 KiB), and refilled from and flushed to the PCP in
+//! batches, so the PCP still sees the traffic, a batch per lock, and its
 //! `high`/`batch` bookkeeping works as before.
+//!
+//! Orders 4 to 7 (64 to 512 KiB, the global allocator's large blocks up to
+//! `LARGE_MAX_ORDER`) have no PCP list, so without a bin each alloc+free
+//! pair of one takes the zone lock twice and splits and merges: about 700
+//! instructions for a 256 KiB block, where mimalloc serves it from the
+//! thread's own pages. Their bins hold one block each, straight from and
+//! back to the zone (the kernel, too, keeps a PCP list for the one costly
+//! order THP uses). A thread can thus hold 128 + 960 = 1088 KiB, but fills
+//! only the bins of the orders it uses, and gives them back with the rest
+//! once per decay time.
 //!
 //! Only `MIGRATE_MOVABLE` blocks are cached: the page API's default and the
 //! global allocator's large blocks. Other migratetypes go to the PCP.
@@ -27,14 +37,15 @@ use core::sync::atomic::Ordering::Relaxed;
 use crate::page::*;
 use crate::page_alloc::{prep_new_page, Gfp, PageAllocator};
 
-/// Orders with a bin: those with PCP lists, and order 4 (64 KiB, a common
-/// I/O buffer size), whose one cached block comes from and goes back to the
-/// zone directly, as the kernel serves orders above
+/// Orders with a bin: those with PCP lists, and orders 4 to
+/// `LARGE_MAX_ORDER` (64 to 512 KiB), whose one cached block comes from and
+/// goes back to the zone directly, as the kernel serves orders above
 /// `PAGE_ALLOC_COSTLY_ORDER`.
-pub(crate) const NR_PAGE_BINS: usize = PAGE_ALLOC_COSTLY_ORDER as usize + 2;
+pub(crate) const NR_PAGE_BINS: usize = crate::large::LARGE_MAX_ORDER as usize + 1;
 
-/// Most blocks a bin holds: 32 KiB of each PCP order, one 64 KiB block.
-pub(crate) const PAGE_BIN_MAX: [u32; NR_PAGE_BINS] = [8, 4, 2, 1, 1];
+/// Most blocks a bin holds: 32 KiB of each PCP order, one block of each
+/// larger order.
+pub(crate) const PAGE_BIN_MAX: [u32; NR_PAGE_BINS] = [8, 4, 2, 1, 1, 1, 1, 1];
 
 const SLOTS: usize = 8;
 
@@ -140,8 +151,8 @@ impl PageCache {
     /// Refills an empty bin with half its size (at least one block) from
     /// this CPU's PCP under one try-lock; how many came (0 if the PCP was
     /// busy or had nothing and the zone had nothing either, and always for
-    /// order 4, which has no PCP list: the caller takes that block from the
-    /// zone itself).
+    /// orders above 3, which have no PCP list: the caller takes that block
+    /// from the zone itself).
     #[cold]
     pub(crate) fn refill(&mut self, pages: &PageAllocator, order: u32) -> usize {
         if order > PAGE_ALLOC_COSTLY_ORDER {

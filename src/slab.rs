@@ -1269,7 +1269,8 @@ pub struct ThreadCache {
     /// holding every bin's array, or null. Atomic (relaxed) only for
     /// statistics, like the bins' `top`.
     block: AtomicPtr<*mut u8>,
-    /// Blocks of orders 0..=3 in front of the PCP (see `page_cache`).
+    /// Blocks of orders 0..=7 in front of the PCP and the zone (see
+    /// `page_cache`).
     pages: PageCache,
     /// This cache's tag in the slabs it takes objects from (0 until its
     /// first slow path).
@@ -1384,7 +1385,7 @@ impl ThreadCache {
         self.pages.cached_pages()
     }
 
-    /// Blocks of `order` (0..=4) this cache's page bin holds.
+    /// Blocks of `order` (0..=7) this cache's page bin holds.
     pub fn cached_blocks(&self, order: u32) -> usize {
         if self.dead || order as usize >= NR_PAGE_BINS {
             return 0;

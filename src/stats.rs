@@ -313,8 +313,8 @@ pub struct Stats {
     /// Bytes resident but free: PCP lists, thread caches, transfer batches,
     /// empty slabs, and free blocks not purged yet.
     pub cached: usize,
-    /// Bytes of free page blocks (orders 0..=3) in threads' page caches, in
-    /// front of the PCP lists; part of `cached`.
+    /// Bytes of free page blocks (orders 0..=7) in threads' page caches, in
+    /// front of the PCP lists and the zone; part of `cached`.
     pub page_cache: usize,
     /// Bytes mapped but given back to the OS (purged, or never touched).
     pub retained: usize,
