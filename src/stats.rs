@@ -308,7 +308,10 @@ pub struct Stats {
     /// blocks, huge mappings.
     pub active: usize,
     /// Bytes the allocator holds that are backed by physical memory: its
-    /// share of the process's RSS.
+    /// share of the process's RSS. An upper bound, as jemalloc's
+    /// `stats.resident` is: pages handed out and never written (a slab's
+    /// unused tail, a reserved `Vec`'s far end) and free blocks cut from
+    /// them count as resident, though the OS has not backed them yet.
     pub resident: usize,
     /// Bytes resident but free: PCP lists, thread caches, transfer batches,
     /// empty slabs, and free blocks not purged yet.
