@@ -4,13 +4,15 @@
 //! is subtracted, which leaves the pairs' own instructions without timing
 //! noise. One pair before the loop warms the allocator up in both runs.
 //!
-//! Usage: `fastpath [PAIRS]` (default 1,000,000; `--scale F` multiplies it).
+//! Usage: `fastpath [PAIRS] [--scale F] [--size BYTES]` (default 1,000,000
+//! pairs, `--scale F` multiplies them; 64 bytes unless `--size` says).
 
 use std::alloc::{self, Layout};
 use std::hint::black_box;
 
 fn main() {
     let mut pairs: u64 = 1_000_000;
+    let mut size: usize = 64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -18,10 +20,11 @@ fn main() {
                 let f: f64 = args.next().and_then(|v| v.parse().ok()).expect("--scale needs a number");
                 pairs = (pairs as f64 * f).round() as u64;
             }
-            n => pairs = n.parse().expect("usage: fastpath [PAIRS] [--scale F]"),
+            "--size" => size = args.next().and_then(|v| v.parse().ok()).expect("--size needs a byte count"),
+            n => pairs = n.parse().expect("usage: fastpath [PAIRS] [--scale F] [--size BYTES]"),
         }
     }
-    let layout = black_box(Layout::from_size_align(64, 8).expect("a valid layout"));
+    let layout = black_box(Layout::from_size_align(size, 8).expect("a valid layout"));
     let mut checksum = 0u64;
     for i in 0..pairs + 1 {
         // SAFETY: the layout has a non-zero size; the block is freed once with it.
@@ -35,5 +38,5 @@ fn main() {
             alloc::dealloc(p, layout);
         }
     }
-    println!("fastpath: allocator={} pairs={pairs} checksum={checksum:016x}", bench_programs::ALLOCATOR);
+    println!("fastpath: allocator={} size={size} pairs={pairs} checksum={checksum:016x}", bench_programs::ALLOCATOR);
 }
