@@ -6,10 +6,17 @@
 //! objects are freed by other threads, by the next round's threads or by the
 //! main thread. The threads are created anew each round, with survivors in
 //! the transfer array.
+//!
+//! With `MSTRESS_ROUNDS=1` in the environment it also prints, after each
+//! round, the process's RSS and the round's peak of live bytes (the words
+//! the program holds, counted by the program itself): where an allocator's
+//! footprint grows from round to round while the live peak does not, it is
+//! failing to reuse what it holds. Without it the count is one relaxed load
+//! per allocation and free, the same in every allocator's build.
 
 use std::alloc::{self, Layout};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::thread;
 
 use bench_programs::{Args, Rng};
@@ -18,6 +25,12 @@ const SCALE: usize = 50;
 const ROUNDS: u64 = 200;
 const TRANSFERS: usize = 1000;
 const COOKIE: usize = 0xbf58_476d_1ce4_e5b9;
+
+/// `MSTRESS_ROUNDS` is set: count live bytes (`LIVE`, and its peak in the
+/// round so far, `PEAK`).
+static REPORT: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
 
 static TRANSFER: [AtomicPtr<usize>; TRANSFERS] = [const { AtomicPtr::new(ptr::null_mut()) }; TRANSFERS];
 
@@ -54,6 +67,10 @@ fn alloc_items(mut items: usize, r: &mut Rng, sum: &mut u64) -> *mut usize {
         }
     }
     *sum = sum.wrapping_add(items as u64);
+    if REPORT.load(Ordering::Relaxed) {
+        let bytes = layout.size() as u64;
+        PEAK.fetch_max(LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes, Ordering::Relaxed);
+    }
     p
 }
 
@@ -68,6 +85,9 @@ fn free_items(p: *mut usize) {
         let items = *p ^ COOKIE;
         assert_eq!(*p.add(items - 1), 1 ^ COOKIE, "block of {items} words corrupted");
         alloc::dealloc(p as *mut u8, items_layout(items));
+        if REPORT.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(items_layout(items).size() as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -109,12 +129,23 @@ fn main() {
     let started = bench_programs::start();
     let threads = args.threads_or(bench_programs::cpus().max(2));
     let rounds = args.scaled(ROUNDS, 1);
+    let report = std::env::var_os("MSTRESS_ROUNDS").is_some_and(|v| v != "0");
+    REPORT.store(report, Ordering::Relaxed);
     let mut r = Rng::new(0);
     let mut checksum = 0u64;
     for n in 0..rounds {
         let workers: Vec<_> = (0..threads).map(|t| thread::spawn(move || stress(t))).collect();
         for w in workers {
             checksum = checksum.wrapping_add(w.join().expect("worker panicked"));
+        }
+        if report {
+            let peak = PEAK.swap(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+            eprintln!(
+                "mstress: round {n:3}: rss {:6} KiB, live peak {:6} KiB, live at end {:6} KiB",
+                bench_programs::stats::rss_kib(),
+                peak / 1024,
+                LIVE.load(Ordering::Relaxed) / 1024
+            );
         }
         for slot in TRANSFER.iter() {
             if r.chance(50) || n + 1 == rounds {
