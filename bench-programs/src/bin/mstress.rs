@@ -27,7 +27,7 @@ const TRANSFERS: usize = 1000;
 const COOKIE: usize = 0xbf58_476d_1ce4_e5b9;
 
 /// `MSTRESS_ROUNDS` is set: count live bytes (`LIVE`, and its peak in the
-/// round so far, `PEAK`).
+/// round so far, `PEAK`, which `main` resets as each round starts).
 static REPORT: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicU64 = AtomicU64::new(0);
 static PEAK: AtomicU64 = AtomicU64::new(0);
@@ -84,9 +84,10 @@ fn free_items(p: *mut usize) {
     unsafe {
         let items = *p ^ COOKIE;
         assert_eq!(*p.add(items - 1), 1 ^ COOKIE, "block of {items} words corrupted");
-        alloc::dealloc(p as *mut u8, items_layout(items));
+        let layout = items_layout(items);
+        alloc::dealloc(p as *mut u8, layout);
         if REPORT.load(Ordering::Relaxed) {
-            LIVE.fetch_sub(items_layout(items).size() as u64, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -134,12 +135,15 @@ fn main() {
     let mut r = Rng::new(0);
     let mut checksum = 0u64;
     for n in 0..rounds {
+        // The round's peak starts from what the last round left live, after
+        // the main thread's frees of transfer slots.
+        PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
         let workers: Vec<_> = (0..threads).map(|t| thread::spawn(move || stress(t))).collect();
         for w in workers {
             checksum = checksum.wrapping_add(w.join().expect("worker panicked"));
         }
         if report {
-            let peak = PEAK.swap(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+            let peak = PEAK.load(Ordering::Relaxed);
             eprintln!(
                 "mstress: round {n:3}: rss {:6} KiB, live peak {:6} KiB, live at end {:6} KiB",
                 bench_programs::stats::rss_kib(),
