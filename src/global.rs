@@ -52,6 +52,11 @@ impl Drop for ExitFlush {
             (*cache).kill(&SLABS);
             SLABS.free_thread_cache(cache);
         }
+        // The last thread but one is leaving (usually the main thread stays):
+        // what the others used is free now.
+        if SLABS.nr_registered() <= 1 {
+            PAGES.purge_after_exit();
+        }
     }
 }
 

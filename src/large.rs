@@ -140,6 +140,9 @@ pub(crate) fn alloc_large(pages: &PageAllocator, npages: usize, order: u32, zero
     if zero && !zeroed {
         // SAFETY: the `npages` pages are ours.
         unsafe { ptr.write_bytes(0, npages * PAGE_SIZE) };
+    } else if zero {
+        // SAFETY: the `npages` pages are ours, mapped read-write.
+        unsafe { crate::os::prefault_write(ptr, npages * PAGE_SIZE) };
     }
     NonNull::new(ptr)
 }

@@ -43,7 +43,10 @@ pub use page::{
     MigrateType, MAX_PAGE_ORDER, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_TYPES, MIGRATE_UNMOVABLE,
     NR_PAGE_ORDERS, PAGEBLOCK_ORDER, PAGE_ALLOC_COSTLY_ORDER,
 };
-pub use page_alloc::{Config, Gfp, Page, PageAllocator, DEFAULT_DECAY_MS, MAX_BULK, MAX_CPUS, PURGE_STEP_PAGES};
+pub use page_alloc::{
+    Config, Gfp, Page, PageAllocator, DEFAULT_DECAY_MS, EXIT_PURGE_MIN_PAGES, EXIT_PURGE_PAGES, MAX_BULK, MAX_CPUS,
+    PURGE_STEP_PAGES,
+};
 pub use slab::{
     class_for, class_size, size_to_class, SizeClass, SlabAllocator, SlabClassInfo, ThreadCache, CLASSES, MAX_SMALL,
     NR_CLASSES, SLOT_BLOCK_PAGES,

@@ -160,6 +160,16 @@ pub const DEFAULT_DECAY_MS: u64 = 1000;
 /// calls.
 pub const PURGE_STEP_PAGES: usize = 16384;
 
+/// Below this much dirty free memory (1 MiB) the purge at a phase's end
+/// (`purge_after_exit`) is not worth its system calls.
+pub const EXIT_PURGE_MIN_PAGES: usize = 256;
+
+/// How much the purge at a phase's end gives back (512 KiB, in whole
+/// blocks, largest first, so at least the largest dirty block): bounded, so
+/// that a program that starts and joins one thread per job pays at most
+/// that much refaulting per job.
+pub const EXIT_PURGE_PAGES: usize = 128;
+
 /// Blocks isolated per zone-lock hold while purging.
 const PURGE_BATCH: usize = 32;
 
@@ -192,6 +202,8 @@ struct NodeEvents {
     slowpath: Counter,
     drain_all: Counter,
     purge_ticks: Counter,
+    /// Purges at a phase's end (`purge_after_exit`) that found enough to do.
+    exit_purges: Counter,
     purge_calls: Counter,
     purged_pages: Counter,
     pcp_decay_drains: Counter,
@@ -267,6 +279,7 @@ crate::sync::maybe_const_fn! {
                 slowpath: Counter::new(),
                 drain_all: Counter::new(),
                 purge_ticks: Counter::new(),
+                exit_purges: Counter::new(),
                 purge_calls: Counter::new(),
                 purged_pages: Counter::new(),
                 pcp_decay_drains: Counter::new(),
@@ -741,6 +754,36 @@ impl PageAllocator {
         }
     }
 
+    /// The end of a phase: the last thread but one has just exited (see
+    /// `global::ExitFlush`). When the zone's dirty free memory is at least
+    /// half of what is still in use and at least `EXIT_PURGE_MIN_PAGES`,
+    /// `EXIT_PURGE_PAGES` of it, largest blocks first, go back to the OS now
+    /// rather than after the decay time. A program made of rounds of threads
+    /// otherwise keeps the union of every round's pages resident (mstress:
+    /// 8.6 MiB against jemalloc's 7.9; jemalloc purges all of an arena its
+    /// last thread leaves). Purging all of it here gave 8.05 MiB at 1.7
+    /// times the run time, since the next round faults most of it back in;
+    /// the largest free blocks are the ones the next round is least likely
+    /// to need whole, and purging only them gave 8.1 MiB at 1.17 times. "In use" counts the slab pages that hold cached free objects
+    /// too, which is why half: at mstress's round ends the two are about
+    /// equal. A process still holding far more than it just freed (a server
+    /// whose main thread keeps its data) purges nothing here: the next
+    /// worker would only fault the pages back in. Returns the pages purged.
+    pub(crate) fn purge_after_exit(&self) -> usize {
+        if self.decay_ms() == u64::MAX {
+            return 0;
+        }
+        let (dirty, in_use) = {
+            let zone = self.zone.lock();
+            (zone.free_pages - zone.purged_pages, zone.managed_pages - zone.free_pages)
+        };
+        if dirty < EXIT_PURGE_MIN_PAGES || dirty < in_use / 2 {
+            return 0;
+        }
+        self.ev.exit_purges.inc_shared();
+        self.purge_older_than(self.now_ms(), 0, EXIT_PURGE_PAGES)
+    }
+
     /// Drains the PCPs that nobody used for a whole decay time (four ticks).
     fn decay_pcps(&self) {
         for pcp in &self.pcp[..self.nr_cpus()] {
@@ -957,6 +1000,7 @@ impl PageAllocator {
         v.slowpath = self.ev.slowpath.get();
         v.drain_all = self.ev.drain_all.get();
         v.purge_ticks = self.ev.purge_ticks.get();
+        v.exit_purges = self.ev.exit_purges.get();
         v.purge_calls = self.ev.purge_calls.get();
         v.purged_pages = self.ev.purged_pages.get();
         v.pcp_decay_drains = self.ev.pcp_decay_drains.get();
@@ -1061,9 +1105,16 @@ pub(crate) fn page_desc(page: &Page) -> &'static PageDesc {
 pub(crate) fn prep_new_page(d: &'static PageDesc, order: u32, gfp: Gfp) -> &'static PageDesc {
     d.state.set(PageState::Allocated);
     d.order.set(order as u8);
-    if gfp.contains(Gfp::ZERO) && d.flags.get() & PG_ZEROED == 0 {
-        // SAFETY: the block is ours now and spans 2^order pages.
-        unsafe { core::ptr::write_bytes(desc_ptr(d).as_ptr(), 0, os::PAGE_SIZE << order) };
+    if gfp.contains(Gfp::ZERO) {
+        if d.flags.get() & PG_ZEROED == 0 {
+            // SAFETY: the block is ours now and spans 2^order pages.
+            unsafe { core::ptr::write_bytes(desc_ptr(d).as_ptr(), 0, os::PAGE_SIZE << order) };
+        } else {
+            // Zero already, but not resident: as the kernel's zeroed pages
+            // are, so that reading it first does not cost two faults each.
+            // SAFETY: the block is ours now, mapped read-write, 2^order pages.
+            unsafe { os::prefault_write(desc_ptr(d).as_ptr(), os::PAGE_SIZE << order) };
+        }
     }
     // From now on its owner may write to it.
     d.flags.set(0);

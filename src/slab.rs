@@ -456,6 +456,10 @@ pub struct SlabAllocator<'a> {
     large_pages: core::sync::atomic::AtomicUsize,
     registry_lock: RawLock,
     registry: UnsafeCell<*mut ThreadCache>,
+    /// How many caches `registry` holds (changed under `registry_lock`,
+    /// read without it): an exiting thread that leaves at most one tells
+    /// the page allocator that a phase of the program has ended.
+    nr_registered: core::sync::atomic::AtomicUsize,
     /// Pages this layer took from the page allocator for its own arrays
     /// (classes' transfer blocks, thread caches' slot blocks): metadata to
     /// statistics, not allocated memory.
@@ -490,6 +494,7 @@ crate::sync::maybe_const_fn! {
             large_pages: core::sync::atomic::AtomicUsize::new(0),
             registry_lock: RawLock::new(),
             registry: UnsafeCell::new(ptr::null_mut()),
+            nr_registered: core::sync::atomic::AtomicUsize::new(0),
             meta_pages: core::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -1026,6 +1031,7 @@ impl<'a> SlabAllocator<'a> {
         }
         *head = tc;
         tc.registered = true;
+        self.nr_registered.fetch_add(1, Relaxed);
         self.registry_lock.unlock();
     }
 
@@ -1041,6 +1047,12 @@ impl<'a> SlabAllocator<'a> {
                 )
             },
         )
+    }
+
+    /// How many thread caches are registered: live threads that have
+    /// allocated or freed through their cache.
+    pub(crate) fn nr_registered(&self) -> usize {
+        self.nr_registered.load(Relaxed)
     }
 
     /// Removes a thread cache from the registry (thread exit), handing its
@@ -1064,6 +1076,7 @@ impl<'a> SlabAllocator<'a> {
             }
         }
         tc.registered = false;
+        self.nr_registered.fetch_sub(1, Relaxed);
         self.registry_lock.unlock();
     }
 

@@ -105,6 +105,9 @@ pub struct VmStat {
     pub slowpath_grow: u64,
     /// Purge ticks run (at most one per quarter of the decay time).
     pub purge_ticks: u64,
+    /// Purges run when a thread's exit left at most one thread with a cache
+    /// and more memory free than in use.
+    pub exit_purges: u64,
     /// `madvise` calls made to give memory back.
     pub purge_calls: u64,
     /// Pages given back to the OS.
@@ -130,6 +133,7 @@ impl fmt::Display for VmStat {
             ("drain_all", self.drain_all),
             ("slowpath_grow", self.slowpath_grow),
             ("purge_ticks", self.purge_ticks),
+            ("exit_purges", self.exit_purges),
             ("purge_calls", self.purge_calls),
             ("purged_pages", self.purged_pages),
             ("pcp_decay_drains", self.pcp_decay_drains),
