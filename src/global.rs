@@ -16,7 +16,9 @@ use crate::page::{
 use crate::page_alloc::DEFAULT_DECAY_MS;
 use crate::page_alloc::{desc_ptr, Gfp};
 use crate::page_cache::NR_PAGE_BINS;
-use crate::slab::{class_for, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL};
+use crate::slab::{
+    class_for, size_minus_one_to_class, size_to_class, slab_allocator_new, SlabAllocator, ThreadCache, MAX_SMALL,
+};
 use crate::trace::{self, Fn as TraceFn};
 use crate::PAGES;
 
@@ -554,9 +556,11 @@ unsafe impl GlobalAlloc for PcpAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.configure();
         let (size, align) = (layout.size(), layout.align());
-        if align <= 8 && size <= MAX_SMALL {
+        // `1..=MAX_SMALL`; a zero size wraps past it to the cold path.
+        let s1 = size.wrapping_sub(1);
+        if align <= 8 && s1 < MAX_SMALL {
             // SAFETY: `size <= MAX_SMALL`, so its class is below NR_CLASSES.
-            return unsafe { small_alloc(size_to_class(size)) };
+            return unsafe { small_alloc(size_minus_one_to_class(s1)) };
         }
         alloc_cold(size, align, false)
     }
@@ -564,9 +568,10 @@ unsafe impl GlobalAlloc for PcpAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let (size, align) = (layout.size(), layout.align());
-        if align <= 8 && size <= MAX_SMALL {
+        let s1 = size.wrapping_sub(1);
+        if align <= 8 && s1 < MAX_SMALL {
             // SAFETY: the caller frees a live pointer of this layout.
-            return unsafe { small_free(size_to_class(size), ptr) };
+            return unsafe { small_free(size_minus_one_to_class(s1), ptr) };
         }
         // SAFETY: as above.
         unsafe { dealloc_cold(ptr, size, align) }

@@ -422,3 +422,29 @@ fn a_thread_does_not_reuse_small_objects_another_thread_allocated() {
         }
     }
 }
+
+/// A zero size is outside `GlobalAlloc`'s contract, but the fast paths test
+/// `size - 1 < MAX_SMALL`, where zero wraps: it must reach the cold path
+/// and get a real block, not an index past the class table.
+#[test]
+fn a_zero_size_request_gets_a_block_that_frees_cleanly() {
+    for align in [1usize, 8, 16, 4096] {
+        let layout = Layout::from_size_align(0, align).unwrap();
+        let mut blocks = Vec::new();
+        for _ in 0..1000 {
+            // SAFETY: none needed by this allocator for a zero size (the
+            // contract violation this test is about).
+            let p = unsafe { GLOBAL.alloc(layout) };
+            assert!(!p.is_null(), "align {align}: null for a zero size");
+            assert_eq!(p as usize % align, 0);
+            blocks.push(p);
+        }
+        for p in blocks {
+            // SAFETY: allocated above with this layout.
+            unsafe { GLOBAL.dealloc(p, layout) };
+        }
+    }
+    // The allocator still serves its smallest class afterwards.
+    let b = Block::new(8, 8);
+    drop(b);
+}
