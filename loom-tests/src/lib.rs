@@ -264,6 +264,7 @@ pub fn delta(after: &VmStat, before: &VmStat) -> VmStat {
         purge_calls: after.purge_calls - before.purge_calls,
         purged_pages: after.purged_pages - before.purged_pages,
         pcp_decay_drains: after.pcp_decay_drains - before.pcp_decay_drains,
+        exit_purges: after.exit_purges - before.exit_purges,
     }
 }
 
