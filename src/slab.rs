@@ -53,13 +53,12 @@ pub const fn class_size(c: usize) -> usize {
 
 /// The smallest class whose size is at least `size` (`1..=MAX_SMALL`).
 ///
-/// Up to 128 bytes the class is a shift. From 129 to 4096 bytes it is one
-/// load from `CLASS_LOOKUP`, as jemalloc's `sz_size2index_tab` does: the
-/// arithmetic below is a chain of ten dependent instructions (`bsr`, two
-/// shifts by a computed count) in front of the bin's load, and it cost the
-/// 256- and 512-byte pairs about a nanosecond over the 64-byte ones when
-/// the size is not a compile-time constant. From 4097 to 16384 bytes a
-/// second, coarser table does the same.
+/// One load from `CLASS_LOOKUP`, as jemalloc's `sz_size2index_tab` does up
+/// to 4 KiB: the arithmetic (`size_to_class_arith`) is a chain of ten
+/// dependent instructions (`bsr`, two shifts by a computed count) in front
+/// of the bin's load, and cost the 256- and 512-byte pairs about a
+/// nanosecond over the 64-byte ones when the size is not a compile-time
+/// constant.
 #[inline]
 pub const fn size_to_class(size: usize) -> usize {
     size_minus_one_to_class(size.saturating_sub(1))
@@ -72,52 +71,42 @@ pub const fn size_to_class(size: usize) -> usize {
 /// instruction less on each of `alloc` and `dealloc`.
 #[inline]
 pub const fn size_minus_one_to_class(s1: usize) -> usize {
-    if s1 < 128 {
-        s1 >> 3
-    } else if s1 < LOOKUP_MAX {
-        CLASS_LOOKUP[s1 >> 4] as usize
-    } else {
-        // The mask keeps the index in bounds (no panic branch) for sizes past
-        // MAX_SMALL, which have no class.
-        CLASS_LOOKUP_HI[(s1 >> 9) & (CLASS_LOOKUP_HI.len() - 1)] as usize
-    }
+    // The mask keeps the index in bounds (no panic branch) for sizes past
+    // MAX_SMALL, which have no class; after the entry points' test the
+    // compiler drops it.
+    CLASS_LOOKUP[(s1 >> 3) & (CLASS_LOOKUP.len() - 1)] as usize
 }
 
-/// `CLASS_LOOKUP_HI[(size - 1) >> 9]` is the class of `size` for
-/// `LOOKUP_MAX < size <= MAX_SMALL`: the class boundaries there are
-/// multiples of 512. Entries below index 8 are never read.
-const CLASS_LOOKUP_HI: [u8; MAX_SMALL / 512] = class_table(512, LOOKUP_MAX);
-const _: () = assert!((MAX_SMALL / 512).is_power_of_two());
-
-/// The largest size `CLASS_LOOKUP` answers for.
-const LOOKUP_MAX: usize = 4096;
-
-/// `CLASS_LOOKUP[(size - 1) >> 4]` is the class of `size` for `128 < size
-/// <= LOOKUP_MAX`. Every class boundary above 128 is a multiple of 16 (the
-/// step is 16 from 128 to 256 and grows after), so the sizes `16i + 1 ..=
-/// 16i + 16` share one class, the class of `16i + 16`. Entries below index 8
-/// are never read.
-const CLASS_LOOKUP: [u8; LOOKUP_MAX / 16] = class_table(16, 128);
+/// `CLASS_LOOKUP[(size - 1) >> 3]` is the class of `size` for `1 <= size
+/// <= MAX_SMALL`. Every class boundary is a multiple of 8, so the sizes
+/// `8i + 1 ..= 8i + 8` share one class, the class of `8i + 8`. One table
+/// for every small size (2 KiB, of which a program's sizes touch a few
+/// lines: everything to 1 KiB is the first two) rather than a shift below
+/// 128 bytes and two coarser tables above: the three-way branch was four
+/// instructions of every `alloc` and `dealloc`.
+const CLASS_LOOKUP: [u8; MAX_SMALL / 8] = class_table();
+const _: () = assert!((MAX_SMALL / 8).is_power_of_two());
 const _: () = assert!(NR_CLASSES <= 256);
 
-/// A class table by steps of `step` bytes: entry `i` is the class of
-/// `step * (i + 1)`, the class of every size in `step * i + 1 ..= step *
-/// (i + 1)` when the class boundaries are multiples of `step`. Entries for
-/// sizes up to `from` (which the table is not asked about) stay 0.
-const fn class_table<const N: usize>(step: usize, from: usize) -> [u8; N] {
+/// `CLASS_LOOKUP`'s entries: entry `i` is the class of `8 * (i + 1)`.
+const fn class_table<const N: usize>() -> [u8; N] {
     let mut t = [0u8; N];
-    let mut i = from / step;
+    let mut i = 0;
     while i < N {
         // Fits: there are fewer than 256 classes (checked above).
-        t[i] = size_to_class_arith(step * i + step) as u8;
+        t[i] = size_to_class_arith(8 * i + 8) as u8;
         i += 1;
     }
     t
 }
 
-/// `size_to_class` for `128 < size <= MAX_SMALL`, by arithmetic.
+/// `size_to_class` for `1 <= size <= MAX_SMALL`, by arithmetic (what the
+/// table is built from).
 #[inline]
 const fn size_to_class_arith(size: usize) -> usize {
+    if size <= 128 {
+        return (size - 1) >> 3;
+    }
     let k = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
     16 + (k - 7) * 8 + ((size - 1 - (1 << k)) >> (k - 3))
 }
