@@ -2506,6 +2506,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_giving_memory_back_fills_no_transfer_slot() {
+        let pages = private_pages();
+        let slabs = SlabAllocator::new(pages);
+        let c = size_to_class(64);
+        let SizeClass { batch, objs, .. } = CLASSES[c];
+        let (batch, objs) = (batch as usize, objs as usize);
+        let mut tc = ThreadCache::new();
+        // Exactly two whole batches on the stack, from slabs of this cache.
+        let held: Vec<*mut u8> = (0..2 * batch).map(|_| tc.alloc(&slabs, c)).collect();
+        for &p in &held {
+            // SAFETY: live objects of class `c` from `slabs`.
+            unsafe { tc.free(&slabs, c, p) };
+        }
+        assert_eq!(tc.cached(c), 2 * batch, "the refills were used up, then every object came back");
+        // The exit flush sends every object to its slab: the emptied slabs
+        // go back to the page layer, but for the one empty slab kept.
+        tc.kill(&slabs);
+        let info = slabs.class_info(c);
+        assert_eq!((info.transfer_objs, info.active_objs), (0, 0), "{info:?}");
+        assert_eq!(info.num_slabs, 1, "one empty slab kept of {} ({objs} objects each)", info.slabs_allocated);
+        slabs.check().unwrap();
+    }
+
+    #[test]
     fn a_cache_without_a_slot_block_runs_uncached() {
         // A zone smaller than a slot block: the first slow path cannot
         // open the cache, which then serves every call through the locked
