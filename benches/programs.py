@@ -10,7 +10,7 @@ VmHWM the program prints as it exits: see `checked_run`). Prints Markdown
 tables of medians with the ratios pcpalloc/jemalloc and pcpalloc/mimalloc, and saves them
 to benches/results/programs-<YYYY-MM-DD>.md under a header naming the date and the CPU.
 
-Three parts, each selectable with --only:
+Four parts, each selectable with --only:
   whole programs   larson xmalloc cache_scratch mstress glibc_simple json syn_parse pipeline
                    (group name: programs); targets: pcpalloc's median time <= jemalloc's,
                    peak RSS <= 1.1 x jemalloc's
@@ -22,6 +22,10 @@ Three parts, each selectable with --only:
                    the memory held in caches with all 64 threads alive and after they exit
                    (jemalloc's figure comes from a build with its statistics compiled in,
                    target/bench-jemalloc-stats; its time and RSS from the default build)
+  micro            the criterion benchmarks, every allocator side by side in one process
+                   through GlobalAlloc: `cargo bench --bench global` and `--bench pages`
+                   (about 8 minutes), tabled by benches/table.py (criterion's medians);
+                   target: pcpalloc's median at or below jemalloc's and mimalloc's
 
 Usage: python3 benches/programs.py [--runs N] [--only NAME[,NAME...]] [--scale F]
                                    [--no-build] [--out FILE | --no-save]
@@ -31,6 +35,7 @@ overwrites the day's full comparison.
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -189,7 +194,7 @@ def machine_lines(runs, scale):
     ]
 
 
-# ---- the three parts ----------------------------------------------------------------------------------------------
+# ---- the four parts -----------------------------------------------------------------------------------------------
 
 def whole_programs(programs, runs, scale):
     times = {(p, a): [] for p in programs for a in ALLOCATORS}
@@ -305,6 +310,48 @@ def fastpath():
                "trace symbols"], page_rows), ""])
 
 
+def micro():
+    """The criterion benchmarks, run afresh (criterion's previous results are moved aside, so
+    that no stale group shows up in the table), then tabled."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import table as criterion_table  # benches/table.py
+
+    root = criterion_table.default_dir()
+    if os.path.isdir(root):
+        old = root + ".prev"
+        subprocess.run(["rm", "-rf", old], check=True)
+        os.rename(root, old)
+    for bench in ["global", "pages"]:
+        log(f"  cargo bench --bench {bench}")
+        proc = subprocess.run(["cargo", "bench", "--bench", bench], cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"cargo bench --bench {bench} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    lines, behind = criterion_table.markdown(root)
+    bulk = {}
+    group_dir = os.path.join(root, "64 pages")
+    for name in sorted(os.listdir(group_dir)) if os.path.isdir(group_dir) else []:
+        est = os.path.join(group_dir, name, "new", "estimates.json")
+        if os.path.exists(est):
+            with open(est) as f:
+                bulk[name] = json.load(f)["median"]["point_estimate"]  # ns per 64 pages
+    text = ["## Micro-benchmarks (criterion)", "",
+            "`cargo bench --bench global` and `cargo bench --bench pages`: median time per operation, all four "
+            "allocators called through `GlobalAlloc` side by side in the same process (blocks of a page or more "
+            "are written once per page); the last two rows are the page API against the others' size-aligned "
+            "page allocations (the order row is order 1). Ratios below 1: pcpalloc faster.", "", *lines, ""]
+    if bulk:
+        # The "64 pages" group's functions are named "<allocator> <how>" (table.py skips them).
+        cells = [f"{name} {criterion_table.fmt_time(ns)}" for name, ns in bulk.items()]
+        text += ["Taking and freeing 64 pages: " + "; ".join(cells) + ".", ""]
+    if behind:
+        text += ["Rows above 1 (re-run them alone, `cargo bench --bench global -- <case>`, before reading "
+                 "anything into them: on a shared machine a single cell can move by 20%): "
+                 + "; ".join(f"{g} ({je:.2f} of jemalloc, {mi:.2f} of mimalloc)" for g, je, mi in behind) + ".", ""]
+    else:
+        text += ["Every row is at or below both jemalloc and mimalloc.", ""]
+    return "\n".join(text)
+
+
 def parse_page_threads(out):
     """{phase: {key: value}} from the `before:`/`barrier:`/`exit:`/`work:` lines."""
     phases = {}
@@ -381,7 +428,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="runs per program and allocator (default 5)")
     ap.add_argument("--only", action="append", default=[],
-                    help="a program, or programs / fastpath / page_threads; repeatable or comma-separated")
+                    help="a program, or programs / fastpath / page_threads / micro; repeatable or comma-separated")
     ap.add_argument("--scale", type=float, default=1.0, help="work multiplier passed to the programs (default 1)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--out", help="where to save the tables (default benches/results/programs-<date>.md)")
@@ -389,12 +436,12 @@ def main():
     args = ap.parse_args()
 
     only = [n for o in args.only for n in o.split(",") if n]
-    known = PROGRAMS + ["programs", "fastpath", "page_threads"]
+    known = PROGRAMS + ["programs", "fastpath", "page_threads", "micro"]
     for n in only:
         if n not in known:
             ap.error(f"unknown name {n!r}; one of: {', '.join(known)}")
     if not only:
-        only = ["programs", "fastpath", "page_threads"]
+        only = ["programs", "fastpath", "page_threads", "micro"]
     programs = PROGRAMS if "programs" in only else [p for p in PROGRAMS if p in only]
 
     builds = list(ALLOCATORS)
@@ -406,7 +453,7 @@ def main():
         build(builds)
 
     today = datetime.date.today().isoformat()
-    sections = [f"# Whole-program benchmarks, {today}, {cpu_model()}", "",
+    sections = [f"# Benchmarks, {today}, {cpu_model()}", "",
                 *machine_lines(args.runs, args.scale), ""]
     misses = []
     started = time.time()
@@ -417,6 +464,8 @@ def main():
         sections.append(fastpath())
     if "page_threads" in only:
         sections.append(page_threads(args.runs, args.scale))
+    if "micro" in only:
+        sections.append(micro())
     sections.append(f"Took {(time.time() - started) / 60:.1f} minutes; load average at the end "
                     f"{os.getloadavg()[0]:.2f}. Command: `python3 benches/programs.py "
                     + " ".join(sys.argv[1:]) + "`.")

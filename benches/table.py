@@ -94,6 +94,30 @@ def fmt_ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def markdown(root, prefixes=()):
+    """The table as Markdown lines, and the rows where pcpalloc is slower than jemalloc or
+    mimalloc, as (group, ratio to jemalloc, ratio to mimalloc)."""
+    results, elements = load(root)
+    groups = sorted((g for g in results if not prefixes or any(g.startswith(p) for p in prefixes)),
+                    key=sort_key)
+    header = ["case", "per"] + ALLOCATORS + ["pcpalloc/jemalloc", "pcpalloc/mimalloc"]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    behind = []
+    for group in groups:
+        row = results[group]
+        head = group.partition("/")[0]
+        unit = UNITS.get(head, "element" if elements[group] > 1 else "iteration")
+        pcp = row.get("pcpalloc")
+        cells = [group, unit] + [fmt_time(row.get(a)) for a in ALLOCATORS]
+        cells += [fmt_ratio(pcp, row.get("jemalloc")), fmt_ratio(pcp, row.get("mimalloc"))]
+        lines.append("| " + " | ".join(cells) + " |")
+        je, mi = row.get("jemalloc"), row.get("mimalloc")
+        if pcp is not None and ((je and pcp > je) or (mi and pcp > mi)):
+            behind.append((group, pcp / je if je else None, pcp / mi if mi else None))
+    return lines, behind
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prefixes", nargs="*", help="group-name prefixes to include (default: all)")
@@ -102,23 +126,10 @@ def main():
 
     if not os.path.isdir(args.dir):
         sys.exit(f"no criterion results under {args.dir}: run `cargo bench --bench global` first")
-    results, elements = load(args.dir)
-    groups = sorted((g for g in results if not args.prefixes or any(g.startswith(p) for p in args.prefixes)),
-                    key=sort_key)
-    if not groups:
+    lines, _behind = markdown(args.dir, args.prefixes)
+    if len(lines) == 2:
         sys.exit(f"no matching results under {args.dir}")
-
-    header = ["case", "per"] + ALLOCATORS + ["pcpalloc/jemalloc", "pcpalloc/mimalloc"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
-    for group in groups:
-        row = results[group]
-        head = group.partition("/")[0]
-        unit = UNITS.get(head, "element" if elements[group] > 1 else "iteration")
-        pcp = row.get("pcpalloc")
-        cells = [group, unit] + [fmt_time(row.get(a)) for a in ALLOCATORS]
-        cells += [fmt_ratio(pcp, row.get("jemalloc")), fmt_ratio(pcp, row.get("mimalloc"))]
-        print("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
