@@ -743,7 +743,8 @@ pub(crate) fn on_purge_tick() {
 }
 
 /// `PCPALLOC_DECAY_MS=<ms>|never` and `PCPALLOC_PURGE=dontneed|free`, read
-/// with `getenv` into no allocation.
+/// with `getenv` into no allocation. (`PCPALLOC_THP` is read by
+/// `os::thp_mode`, on the first mapping.)
 fn apply_env_overrides() {
     if let Some(v) = getenv(c"PCPALLOC_DECAY_MS") {
         if v == b"never" {

@@ -38,7 +38,7 @@ mod zone;
 pub use global::{
     flush_thread_cache, set_decay_ms, set_purge_mode, slabinfo, spawn_purge_thread, stats, trim, PcpAlloc, PurgeThread,
 };
-pub use os::PurgeMode;
+pub use os::{set_thp_mode, thp_mode, PurgeMode, ThpMode};
 pub use page::{
     MigrateType, MAX_PAGE_ORDER, MIGRATE_MOVABLE, MIGRATE_RECLAIMABLE, MIGRATE_TYPES, MIGRATE_UNMOVABLE,
     NR_PAGE_ORDERS, PAGEBLOCK_ORDER, PAGE_ALLOC_COSTLY_ORDER,
