@@ -712,7 +712,7 @@ pub(crate) fn on_first_grow() {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
     }
     apply_env_overrides();
-    if getenv(c"PCPALLOC_STATS") == Some(b"1") {
+    if crate::os::getenv(c"PCPALLOC_STATS") == Some(b"1") {
         // SAFETY: registering a plain function to run at `exit`.
         unsafe { libc::atexit(print_stats_at_exit) };
     }
@@ -746,27 +746,17 @@ pub(crate) fn on_purge_tick() {
 /// with `getenv` into no allocation. (`PCPALLOC_THP` is read by
 /// `os::thp_mode`, on the first mapping.)
 fn apply_env_overrides() {
-    if let Some(v) = getenv(c"PCPALLOC_DECAY_MS") {
+    if let Some(v) = crate::os::getenv(c"PCPALLOC_DECAY_MS") {
         if v == b"never" {
             PAGES.set_decay_ms(u64::MAX);
         } else if let Some(ms) = parse_u64(v) {
             PAGES.set_decay_ms(ms);
         }
     }
-    match getenv(c"PCPALLOC_PURGE") {
+    match crate::os::getenv(c"PCPALLOC_PURGE") {
         Some(b"free") => PAGES.set_purge_mode(PurgeMode::Free),
         Some(b"dontneed") => PAGES.set_purge_mode(PurgeMode::DontNeed),
         _ => {}
-    }
-}
-
-fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: `name` is NUL-terminated; the returned string lives in the
-    // environment block, which we only read, and nobody calls `setenv`
-    // concurrently with an allocator's start-up in a sound program.
-    unsafe {
-        let p = libc::getenv(name.as_ptr());
-        (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p).to_bytes())
     }
 }
 

@@ -51,14 +51,7 @@ pub fn thp_mode() -> ThpMode {
     use core::sync::atomic::Ordering::Relaxed;
     let mut v = THP_MODE.load(Relaxed);
     if v == THP_UNSET {
-        // SAFETY: the name is NUL-terminated; the value lives in the
-        // environment block, only read here, and a sound program does not
-        // call `setenv` while the allocator starts.
-        let env = unsafe {
-            let p = libc::getenv(c"PCPALLOC_THP".as_ptr());
-            (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p).to_bytes())
-        };
-        let mode = match env {
+        let mode = match getenv(c"PCPALLOC_THP") {
             Some(b"always") => ThpMode::Always,
             Some(b"default") => ThpMode::Default,
             _ => ThpMode::Never,
@@ -73,6 +66,17 @@ pub fn thp_mode() -> ThpMode {
         x if x == ThpMode::Always as u8 => ThpMode::Always,
         x if x == ThpMode::Default as u8 => ThpMode::Default,
         _ => ThpMode::Never,
+    }
+}
+
+/// An environment variable's value, read with `getenv` into no allocation.
+pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; the returned string lives in the
+    // environment block, which we only read, and nobody calls `setenv`
+    // concurrently with an allocator's start-up in a sound program.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p).to_bytes())
     }
 }
 
@@ -124,7 +128,7 @@ pub(crate) fn map_aligned(size: usize, align: usize) -> Option<NonNull<u8>> {
 ///
 /// # Safety
 /// The range must be a page-aligned part of a mapping of ours.
-pub(crate) unsafe fn advise_thp(ptr: *mut u8, size: usize) {
+unsafe fn advise_thp(ptr: *mut u8, size: usize) {
     let advice = match thp_mode() {
         ThpMode::Default => return,
         ThpMode::Always => libc::MADV_HUGEPAGE,

@@ -1799,8 +1799,9 @@ impl ThreadCache {
         unsafe { slabs.flush(c, bin.remote, n, true) };
     }
 
-    /// A free that finds the list full: hands one batch of class `c` back to
-    /// the slab layer first (or, for a dead cache, frees the object alone).
+    /// A free that finds the list full: hands its oldest `overflow` objects
+    /// of class `c` back to the slab layer first (or, for a dead cache,
+    /// frees the object alone).
     ///
     /// # Safety
     /// As for `free`.
