@@ -98,7 +98,8 @@ fn main() {
     println!("  {:>7} {:>6} {:>9} {:>9} {:>9}", "size", "stride", "pcpalloc", "jemalloc", "mimalloc");
     for size in [64 << 10, 128 << 10, 256 << 10, 512 << 10] {
         for stride in [4096, 4160] {
-            let (p, j, m) = (pair(&PCPALLOC, size, stride), pair(&JEMALLOC, size, stride), pair(&MIMALLOC, size, stride));
+            let (p, j, m) =
+                (pair(&PCPALLOC, size, stride), pair(&JEMALLOC, size, stride), pair(&MIMALLOC, size, stride));
             println!("  {:>6}K {stride:>6} {p:9.1} {j:9.1} {m:9.1}", size >> 10);
         }
     }
